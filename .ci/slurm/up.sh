@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Start a real single-node Slurm cluster (slurmctld + slurmd + munged) on this host for tests.
+# For CI: Debian 12, run as root, no systemd needed. Idempotent. Stop it with .ci/slurm/down.sh.
+# Daemon PIDs go to /tmp/dtrain-slurm.pids (down.sh kills exactly those).
+set -euo pipefail
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+
+PIDFILE=/tmp/dtrain-slurm.pids
+CONF_DIR=/etc/slurm
+LOG_DIR=/var/log/slurm
+WAIT_S=${DTRAIN_SLURM_WAIT_S:-60}
+t0=$(date +%s)
+log() { echo "slurm: $*"; }
+
+[ "$(id -u)" -eq 0 ] || { echo "slurm: up.sh must run as root" >&2; exit 1; }
+
+node_state() { timeout 5 sinfo -h -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-' || true; }
+
+# ---------- already up? ----------
+# Our daemons all alive and the node usable (idle, or busy with jobs a caller left) -> nothing to do.
+if command -v sinfo >/dev/null 2>&1 && [ -s "$PIDFILE" ]; then
+    alive=1
+    while read -r pid; do
+        [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || alive=0
+    done < "$PIDFILE"
+    if [ "$alive" -eq 1 ]; then
+        case "$(node_state)" in
+            idle|mix|mixed|alloc|allocated|comp|completing)
+                log "ready (already running)"
+                exit 0 ;;
+        esac
+    fi
+fi
+
+# ---------- install ----------
+if ! command -v slurmctld >/dev/null 2>&1; then
+    log "installing slurm-wlm + munge with apt-get"
+    # Keep the packages' init scripts from starting daemons we would not track.
+    added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    apt_install() {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+            slurm-wlm munge
+    }
+    rc=0
+    apt_install || {
+        log "apt-get install failed; running apt-get update and retrying"
+        DEBIAN_FRONTEND=noninteractive apt-get update && apt_install
+    } || rc=$?
+    [ "$added_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" -eq 0 ] || { echo "slurm: apt-get install failed" >&2; exit 1; }
+    log "installed after $(( $(date +%s) - t0 ))s"
+fi
+
+# ---------- stop leftovers from a previous (partial) start ----------
+if [ -s "$PIDFILE" ]; then
+    log "stale/partial cluster found; stopping it first"
+    bash "$(dirname "$0")/down.sh" || true
+fi
+
+# ---------- munge ----------
+getent passwd munge >/dev/null || useradd --system --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin munge
+install -d -m 0700 -o munge -g munge /etc/munge /var/lib/munge /var/log/munge
+install -d -m 0755 -o munge -g munge /run/munge
+if [ ! -s /etc/munge/munge.key ]; then
+    if command -v mungekey >/dev/null 2>&1; then
+        mungekey --create --keyfile=/etc/munge/munge.key --force
+    else
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
+    fi
+fi
+chown munge:munge /etc/munge/munge.key
+chmod 0400 /etc/munge/munge.key
+
+munged_pid=""
+munge_ok() { timeout 5 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; }
+if ! munge_ok; then
+    rm -f /run/munge/munged.pid /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
+    if ! runuser -u munge -- munged 2>/tmp/dtrain-munged.err; then
+        log "munged as user munge failed ($(tr '\n' ' ' </tmp/dtrain-munged.err)); starting as root with --force"
+        munged --force
+    fi
+    for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
+    munge_ok || { echo "slurm: munged does not work" >&2; tail -n 20 /var/log/munge/munged.log >&2 || true; exit 1; }
+    munged_pid=$(cat /run/munge/munged.pid 2>/dev/null || true)
+fi
+[ -n "$munged_pid" ] && echo "$munged_pid" > "$PIDFILE"   # (an already-running munged is not ours to stop)
+
+# ---------- slurm dirs + config ----------
+install -d -m 0755 -o root -g root "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR"
+host=$(hostname -s)
+cpus=$(nproc)
+mem_total=$(free -m | awk '/^Mem:/ {print $2}')
+real_mem=$(( mem_total * 90 / 100 ))   # a bit below the total, or slurmd drains the node
+
+cat > "$CONF_DIR/slurm.conf" <<CONF
+# Written by dtrain .ci/slurm/up.sh - single-node test cluster.
+ClusterName=dtrain-ci
+SlurmctldHost=${host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CryptoType=crypto/munge
+MpiDefault=none
+SwitchType=switch/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+JobRequeue=1
+MailProg=/bin/true
+ReturnToService=2
+SlurmctldTimeout=10
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=10
+MinJobAge=600
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=${LOG_DIR}/slurmctld.log
+SlurmdLogFile=${LOG_DIR}/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+NodeName=${host} NodeAddr=127.0.0.1 NodeHostname=${host} CPUs=${cpus} RealMemory=${real_mem} State=UNKNOWN
+PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
+CONF
+
+# ---------- start daemons ----------
+rm -f /run/slurmctld.pid /run/slurmd.pid
+: > "$LOG_DIR/slurmctld.log"; : > "$LOG_DIR/slurmd.log"
+show_logs() {
+    echo "---- slurmctld.log (tail) ----" >&2; tail -n 30 "$LOG_DIR/slurmctld.log" >&2 || true
+    echo "---- slurmd.log (tail) ----" >&2;    tail -n 30 "$LOG_DIR/slurmd.log" >&2 || true
+}
+wait_pidfile() {  # $1 = pid file; prints the pid once the daemon wrote it
+    for _ in $(seq 100); do
+        if [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; then cat "$1"; return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+# -c: start from a clean state (no jobs/node states left over from a previous CI cluster).
+slurmctld -c || { show_logs; exit 1; }
+ctld_pid=$(wait_pidfile /run/slurmctld.pid) || { echo "slurm: slurmctld did not start" >&2; show_logs; exit 1; }
+echo "$ctld_pid" >> "$PIDFILE"
+slurmd || { show_logs; exit 1; }
+slurmd_pid=$(wait_pidfile /run/slurmd.pid) || { echo "slurm: slurmd did not start" >&2; show_logs; exit 1; }
+echo "$slurmd_pid" >> "$PIDFILE"
+
+# ---------- wait for the node ----------
+resumed=0
+deadline=$(( $(date +%s) + WAIT_S ))
+state=""
+while [ "$(date +%s)" -lt "$deadline" ]; do
+    state=$(node_state)
+    case "$state" in
+        idle)
+            log "ready (node ${host}, ${cpus} CPUs, ${real_mem} MB; $(( $(date +%s) - t0 ))s)"
+            exit 0 ;;
+        down*|drain*|drng|drained|draining|fail*)
+            if [ "$resumed" -eq 0 ]; then
+                log "node is '$state'; resuming it"
+                scontrol update nodename="$host" state=resume || true
+                resumed=1
+            fi ;;
+    esac
+    sleep 1
+done
+echo "slurm: node did not become idle within ${WAIT_S}s (last state: '${state}')" >&2
+timeout 5 scontrol show node "$host" >&2 || true
+show_logs
+exit 1

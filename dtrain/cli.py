@@ -1,0 +1,242 @@
+"""`dtrain` command line. Heavy imports (torch, recipes) happen inside the commands, not here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"dtrain: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _load(config: str, overrides: list[str]):
+    from dtrain.config import load_config
+
+    return load_config(config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dtrain.runner import train
+
+    cfg = _load(args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from dtrain.launch import LaunchSpec, resolve_nproc, torchrun_argv
+
+    _load(args.config, args.overrides)  # every config error surfaces here, before any process starts
+    nproc = resolve_nproc(args.nproc_per_node)
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        return _fail(
+            f"--nproc-per-node={nproc} but this node has {torch.cuda.device_count()} GPU(s); "
+            "start at most one process per GPU (or --nproc-per-node auto)"
+        )
+    spec = LaunchSpec(
+        config=args.config,
+        overrides=args.overrides,
+        nproc_per_node=nproc,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        rdzv_endpoint=args.rdzv_endpoint,
+        rdzv_id=args.rdzv_id,
+        max_restarts=args.max_restarts,
+    )
+    argv = torchrun_argv(spec)
+    print("[dtrain] " + " ".join(argv[1:]), flush=True)
+    if args.dry_run:
+        return 0
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # torchrun takes over this process: signals reach it directly
+    return 0  # unreachable
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dtrain.checkpoint import export_model
+
+    n = export_model(args.checkpoint, args.out)
+    print(f"wrote {n} tensors to {args.out}")
+    return 0
+
+
+def _recipe_of(path: str, attr: str):
+    """The recipe module behind a run directory (config.yaml) or an export (dtrain_export.json)."""
+    import json
+    from pathlib import Path
+
+    from dtrain.config import read_yaml
+    from dtrain.recipe import resolve_recipe
+
+    p = Path(path)
+    if (p / "dtrain_export.json").is_file():
+        name = json.loads((p / "dtrain_export.json").read_text())["recipe"]
+    elif (p / "config.yaml").is_file():
+        name = read_yaml(p / "config.yaml").get("recipe", "")
+    else:
+        raise FileNotFoundError(f"{p} is neither a run directory (config.yaml) nor an export (dtrain_export.json)")
+    module = resolve_recipe(name)
+    if not hasattr(module, attr):
+        raise ValueError(f"recipe {name!r} has no `{attr}`; use `dtrain checkpoint export` for plain weights")
+    return getattr(module, attr)
+
+
+def cmd_recipe_export(args: argparse.Namespace) -> int:
+    import json
+
+    meta = _recipe_of(args.run_dir, "export")(args.run_dir, args.out, checkpoint=args.checkpoint)
+    print(json.dumps({"out": args.out, **meta}, indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    if bool(args.texts) == bool(args.file):
+        return _fail("give ticket texts or --file FILE (one of the two)")
+    predict = _recipe_of(args.source, "predict")
+    for row in predict(args.source, args.texts, file=args.file):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def cmd_slurm_submit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dtrain.slurm import SlurmJob, render, submit
+
+    cfg = _load(args.config, args.overrides)  # config errors surface before anything is queued
+    job = SlurmJob(
+        config=args.config, overrides=args.overrides, run_dir=Path(cfg.output_dir), nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node, cpus_per_task=args.cpus_per_task,
+        time=args.time, partition=args.partition, account=args.account, qos=args.qos,
+        job_name=args.job_name, launcher=args.launcher, signal_lead_s=args.signal_lead,
+        max_requeues=args.max_requeues,
+    )
+    script = render(job)
+    if args.dry_run:
+        print(script, end="")
+        return 0
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    path = job.run_dir / "job.sbatch"
+    path.write_text(script)
+    job_id = submit(path)
+    print(job_id)
+    print(f"[dtrain] submitted {path} as job {job_id}; logs: {job.run_dir.resolve()}/slurm-{job_id}.out", file=sys.stderr)
+    return 0
+
+
+def cmd_slurm_env(args: argparse.Namespace) -> int:
+    from dtrain.slurm import allocation
+
+    alloc = allocation()
+    if alloc is None:
+        print("not inside a Slurm allocation (no SLURM_JOB_ID); use `dtrain slurm submit` to queue a job")
+        return 1
+    print(f"job {alloc.job_id}: {alloc.num_nodes} node(s) {','.join(alloc.nodes)}, {alloc.tasks} task(s), "
+          f"GPUs per node: {alloc.gpus_per_node or 'none'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dtrain", description="Distributed training: one YAML, any launcher.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train in this process (single process, or one rank under torchrun/srun)")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.batch_size=64")
+    run.set_defaults(fn=cmd_run)
+
+    la = sub.add_parser("launch", help="start torchrun with this config on this node")
+    la.add_argument("--nproc-per-node", default="auto", help="processes on this node: N or auto (GPUs, else 2)")
+    la.add_argument("--nnodes", type=int, default=1)
+    la.add_argument("--node-rank", type=int, default=0)
+    la.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous (multi-node)")
+    la.add_argument("--rdzv-id", default=os.environ.get("SLURM_JOB_ID", "dtrain"), help="job id shared by all nodes")
+    la.add_argument("--max-restarts", type=int, default=0, help="times torchrun restarts a failed group")
+    la.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
+    la.add_argument("config")
+    la.add_argument("overrides", nargs="*")
+    la.set_defaults(fn=cmd_launch)
+
+    ck = sub.add_parser("checkpoint", help="checkpoint tools")
+    cksub = ck.add_subparsers(dest="checkpoint_command", required=True)
+    ex = cksub.add_parser("export", help="write a checkpoint's model weights as one safetensors file")
+    ex.add_argument("checkpoint", help="a step_* directory, or a checkpoints/ directory (newest is used)")
+    ex.add_argument("out", help="output .safetensors path")
+    ex.set_defaults(fn=cmd_export)
+
+    rx = sub.add_parser("export", help="export a run's best model for serving (the recipe's format, e.g. HF + ONNX)")
+    rx.add_argument("run_dir")
+    rx.add_argument("out", help="output directory")
+    rx.add_argument("--checkpoint", default="best", help="best (default), latest, or a step_* directory")
+    rx.set_defaults(fn=cmd_recipe_export)
+
+    pr = sub.add_parser("predict", help="route texts with an exported model or a run directory")
+    pr.add_argument("source", help="export directory or run directory")
+    pr.add_argument("texts", nargs="*", help="ticket texts")
+    pr.add_argument("--file", help=".txt (one per line), .csv or .jsonl (a 'text' column) of tickets")
+    pr.set_defaults(fn=cmd_predict)
+
+    sl = sub.add_parser("slurm", help="Slurm: submit a config as an sbatch job, or show the allocation")
+    slsub = sl.add_subparsers(dest="slurm_command", required=True)
+    sb = slsub.add_parser("submit", help="render slurm/*.sbatch for this config into the run directory and sbatch it")
+    sb.add_argument("--nodes", type=int, default=1)
+    sb.add_argument("--gpus-per-node", type=int, default=0)
+    sb.add_argument("--procs-per-node", type=int, default=None, help="default: one per GPU, or 1")
+    sb.add_argument("--cpus-per-task", type=int, default=None)
+    sb.add_argument("--time", default="01:00:00", help="time limit, e.g. 30, 04:00:00, 1-00:00:00")
+    sb.add_argument("--partition")
+    sb.add_argument("--account")
+    sb.add_argument("--qos")
+    sb.add_argument("--job-name", default="dtrain")
+    sb.add_argument("--launcher", default="torchrun", choices=["torchrun", "srun"],
+                    help="torchrun: one task per node runs torchrun; srun: one task per process")
+    sb.add_argument("--signal-lead", type=int, default=90, help="seconds before the time limit to checkpoint")
+    sb.add_argument("--max-requeues", type=int, default=3, help="requeues after a checkpointed stop, at most")
+    sb.add_argument("--dry-run", action="store_true", help="print the script; submit nothing")
+    sb.add_argument("config")
+    sb.add_argument("overrides", nargs="*")
+    sb.set_defaults(fn=cmd_slurm_submit)
+    se = slsub.add_parser("env", help="nodes, tasks and GPUs of the Slurm allocation this runs in")
+    se.set_defaults(fn=cmd_slurm_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dtrain.config import ConfigError
+
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        where = f" ({exc.source})" if exc.source else ""
+        for problem in exc.problems:
+            print(f"dtrain: config error{where}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # one clear line; --debug shows the traceback
+        from dtrain.preemption import EXIT_PREEMPTED, Preempted
+
+        if isinstance(exc, Preempted):  # checkpointed on request: the batch script requeues on this code
+            print(f"dtrain: {exc}", file=sys.stderr, flush=True)
+            return EXIT_PREEMPTED
+        if args.debug:
+            raise
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

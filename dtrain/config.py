@@ -1,0 +1,393 @@
+"""Typed run configuration: YAML file + dotted ``key=value`` overrides -> dataclasses.
+
+Every problem in a config is collected before anything starts (torchtune's habit), and each is
+reported on one line that names the key, so a user fixes the whole file in one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"config error{where}: " + "; ".join(problems))
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = 1
+    """Passes over the training set; the run ends at whichever of epochs / max_steps comes first."""
+    max_steps: int | None = None
+    """Optimizer steps to run in total (None: as many as `epochs` give)."""
+    batch_size: int = 32
+    """Micro-batch size per rank. Global batch = batch_size * grad_accum_steps * world size."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; gradients are synchronised only on the last one."""
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    """fp16 uses a GradScaler; bf16 autocasts (on CPU too); auto: bf16 on GPUs that support it, else fp32."""
+    grad_clip: float | None = 1.0
+    """Max global gradient norm (None or 0 disables clipping)."""
+    compile: bool | str = False
+    """torch.compile the model: false, true, or a mode such as 'max-autotune'."""
+    log_every: int = 10
+    """Optimizer steps between metric lines."""
+    eval_every: int | None = None
+    """Optimizer steps between evaluations (None: at the end of every epoch)."""
+    num_workers: int | Literal["auto"] = 0
+    """DataLoader worker processes per rank; auto: 0 on the CPU (ranks already use the cores), 2 with CUDA."""
+
+    def check(self) -> list[str]:
+        bad = []
+        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
+            if getattr(self, name) <= 0:
+                bad.append(f"train.{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_every"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                bad.append(f"train.{name}: must be > 0 or null, got {v}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            bad.append(f"train.grad_clip: must be >= 0 or null, got {self.grad_clip}")
+        if isinstance(self.num_workers, int) and self.num_workers < 0:
+            bad.append(f"train.num_workers: must be >= 0, got {self.num_workers}")
+        if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
+            bad.append(f"train.compile: unknown mode {self.compile!r}; use true, false or one of {sorted(COMPILE_MODES)}")
+        return bad
+
+
+COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of warmup."""
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warmup from 0 to `lr`."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup, down to lr * min_lr_ratio at the last step."""
+    min_lr_ratio: float = 0.0
+
+    def check(self) -> list[str]:
+        bad = []
+        if self.lr <= 0:
+            bad.append(f"optim.lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            bad.append(f"optim.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            bad.append(f"optim.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            bad.append(f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            bad.append(f"optim.betas: each must be in [0, 1), got {list(self.betas)}")
+        return bad
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_steps: int | None = None
+    """Save every N optimizer steps (None: only at epoch ends and at the end of the run)."""
+    every_epoch: bool = True
+    """Save at the end of every epoch."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are pruned (the best is always kept)."""
+    best_metric: str | None = None
+    """Evaluation metric whose best value is kept apart, e.g. 'accuracy' or 'val_loss'."""
+    best_mode: Literal["max", "min"] = "max"
+    resume: str = "auto"
+    """'auto' (newest complete checkpoint in output_dir, or start fresh), 'none', or a checkpoint path."""
+
+    def check(self) -> list[str]:
+        bad = []
+        if self.every_steps is not None and self.every_steps <= 0:
+            bad.append(f"checkpoint.every_steps: must be > 0 or null, got {self.every_steps}")
+        if self.keep_last < 1:
+            bad.append(f"checkpoint.keep_last: must be >= 1, got {self.keep_last}")
+        return bad
+
+
+@dataclass(kw_only=True)
+class EarlyStoppingConfig:
+    metric: str | None = None
+    """Evaluation metric to watch, e.g. 'val_loss' (None: no early stopping)."""
+    mode: Literal["min", "max"] = "min"
+    patience: int = 2
+    """Evaluations in a row without improvement before the run stops."""
+    min_delta: float = 0.0
+
+    def check(self) -> list[str]:
+        return [f"early_stopping.patience: must be >= 1, got {self.patience}"] if self.patience < 1 else []
+
+
+@dataclass(kw_only=True)
+class DistConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """'auto' takes cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    timeout_s: float = 600.0
+    """Process-group timeout: how long a collective may wait before the job fails."""
+
+    def check(self) -> list[str]:
+        return [f"dist.timeout_s: must be > 0, got {self.timeout_s}"] if self.timeout_s <= 0 else []
+
+
+@dataclass(kw_only=True)
+class FaultInjectionConfig:
+    """Deliberate failures, for testing resume and atomicity. Leave unset in real runs."""
+
+    crash_after_step: int | None = None
+    """Raise after this optimizer step (and its checkpoint, if one is due)."""
+    kill_during_save_at_step: int | None = None
+    """SIGKILL this process half-way through writing the checkpoint of this step."""
+    kill_at_step: int | None = None
+    """SIGKILL rank `kill_rank` right after this optimizer step (before its checkpoint)."""
+    kill_rank: int = 0
+    """Under torchrun, the kills above fire only in the first attempt, so a restarted group can finish."""
+    step_sleep_s: float = 0.0
+    """Sleep after every step: makes a short test job last long enough to be signalled."""
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    recipe: str
+    """Recipe to run: a name under recipes/ ('vision') or 'package.module[:function]'."""
+    output_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl and checkpoints/ are written here."""
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
+    task: Any = None
+    """Recipe-specific section, typed and checked by the recipe's own Config dataclass."""
+
+    def check(self) -> list[str]:
+        bad = []
+        for part in (self.train, self.optim, self.checkpoint, self.early_stopping, self.dist, self.task):
+            if hasattr(part, "check"):
+                bad += part.check()
+        return bad
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.lr=3e-4' -> (['optim', 'lr'], 3e-4); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"override {text!r}: expected key=value, e.g. train.batch_size=64"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError([f"override {text!r}: {part} is not a section"])
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"config file {path} cannot be read: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}{where}: malformed YAML ({problem})"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: top level must be a mapping of keys, got {type(data).__name__}"])
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), *, raw: dict | None = None) -> RunConfig:
+    """Read, override, type-check and validate a run config; raises ConfigError listing every problem."""
+    from dtrain.recipe import resolve_recipe  # late: recipes import the trainer's public API
+
+    source = str(path) if path is not None else None
+    try:
+        data = read_yaml(path) if raw is None else dict(raw)
+        data = apply_overrides(data, list(overrides))
+    except ConfigError as exc:
+        exc.source = exc.source or source
+        raise
+    problems: list[str] = []
+    task_raw = data.pop("task", None)
+    if "recipe" not in data:
+        raise ConfigError(["recipe: missing; name the recipe to run, e.g. recipe: vision"], source)
+    cfg = build_dataclass(RunConfig, data, "", problems)
+    if cfg is not None:
+        try:
+            recipe = resolve_recipe(cfg.recipe)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"recipe: cannot load {cfg.recipe!r}: {exc}")
+        else:
+            cfg.task = build_dataclass(recipe.Config, task_raw or {}, "task.", problems)
+    if cfg is not None:
+        problems += cfg.check()  # value checks too, so one pass reports everything
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def build_dataclass(cls: type, data: Any, prefix: str, problems: list[str]):
+    """Build `cls` from a dict, appending one line per unknown key, wrong type or missing field."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            problems.append(f"{prefix}{key}: unknown key{hint}")
+            continue
+        if key == "task" and cls is RunConfig:
+            continue
+        ok, converted = coerce(value, hints[key], f"{prefix}{key}", problems)
+        if ok:
+            kwargs[key] = converted
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in data:
+            problems.append(f"{prefix}{name}: missing (required)")
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str, problems: list[str]) -> tuple[bool, Any]:
+    """Check `value` against annotation `tp`; returns (ok, value converted where that is lossless)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return True, value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        # Try the most specific members first so `bool | str` keeps True as a bool.
+        for member in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+            sub: list[str] = []
+            ok, out = coerce(value, member, key, sub)
+            if ok:
+                return True, out
+        names = " or ".join(_type_name(a) if a is not type(None) else "null" for a in args)
+        problems.append(f"{key}: expected {names}, got {value!r}")
+        return False, None
+    if origin is Literal:
+        if value in args:
+            return True, value
+        problems.append(f"{key}: must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+        return False, None
+    if dataclasses.is_dataclass(tp):
+        # Keep the section even when some of its keys were bad, so its other values are checked too.
+        out = build_dataclass(tp, value, key + ".", problems)
+        return out is not None, out
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return False, None
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                problems.append(f"{key}: expected {len(args)} values, got {len(value)}")
+                return False, None
+            items = list(zip(value, args))
+        else:
+            items = [(v, args[0] if args else Any) for v in value]
+        out, ok = [], True
+        for i, (v, t) in enumerate(items):
+            good, conv = coerce(v, t, f"{key}[{i}]", problems)
+            ok &= good
+            out.append(conv)
+        return ok, (tuple(out) if origin is tuple else out)
+    if origin is dict:
+        if isinstance(value, dict):
+            return True, value
+        problems.append(f"{key}: expected a mapping, got {value!r}")
+        return False, None
+    if tp is bool:
+        if isinstance(value, bool):
+            return True, value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return True, value
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return True, value
+    problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return False, None
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-data view of a config (for config.yaml in the run directory)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

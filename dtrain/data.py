@@ -1,0 +1,148 @@
+"""Samplers and loaders: which rank sees which sample, in an order that survives a resume.
+
+Training order is one permutation of the whole data set per epoch, seeded by (seed, epoch) and the
+same on every rank; rank r takes every world_size-th index of it. The samples of global optimizer
+step s are therefore the same set whatever the world size and accumulation, which is what makes
+2 ranks x accumulation 2 equal 1 rank x accumulation 4.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from dtrain.dist import DistState
+
+
+class TrainSampler(Sampler[int]):
+    """Shuffled, rank-strided and resumable.
+
+    The tail of the permutation that does not divide by the world size (at most world_size - 1
+    samples, a different tail each epoch) is left out, so every rank runs the same number of
+    micro-batches and no sample is duplicated to pad.
+    """
+
+    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
+        self.num_samples = num_samples
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0  # samples of this epoch this rank has already consumed
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def per_rank(self) -> int:
+        return self.num_samples // self.world_size
+
+    def __len__(self) -> int:
+        return self.per_rank() - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.num_samples)
+        mine = order[: self.per_rank() * self.world_size][self.rank :: self.world_size]
+        return iter(mine[self.start :].tolist())
+
+
+class EvalSampler(Sampler[int]):
+    """Rank r gets indices r, r + world, ...: every sample exactly once, no padding.
+
+    Shards may differ in length by one; evaluation reduces sums, never per-rank means, so that is fine.
+    """
+
+    def __init__(self, num_samples: int, rank: int, world_size: int):
+        self.indices = range(rank, num_samples, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def micro_batch_sizes(samples: int, batch_size: int) -> list[int]:
+    """Sizes of the micro-batches a rank draws from `samples` samples (the last may be short)."""
+    full, rest = divmod(samples, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+def accumulation_windows(sizes: Sequence[int], accum: int) -> list[list[int]]:
+    """Group an epoch's micro-batch sizes into optimizer steps; the last window may be short."""
+    return [list(sizes[i : i + accum]) for i in range(0, len(sizes), accum)]
+
+
+def steps_per_epoch(num_samples: int, world_size: int, batch_size: int, accum: int) -> int:
+    batches = math.ceil((num_samples // world_size) / batch_size)
+    return math.ceil(batches / accum)
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    state: DistState,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=state.device.type == "cuda",
+        persistent_workers=False,
+        # A private generator: otherwise creating each iterator draws from the global torch RNG,
+        # and a run resumed mid-epoch would see a different random stream than an unbroken one.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def move_to(batch, device: torch.device):
+    """Send tensors in a (nested) batch to `device`; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def batch_len(batch) -> int:
+    """Number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, dict):
+        return batch_len(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        return batch_len(batch[0])
+    raise TypeError(f"cannot tell the size of a batch of type {type(batch).__name__}")
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val) with each class split in the same proportion; same seed, same split."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    train, val = [], []
+    for y in sorted(by_class):
+        idx = by_class[y]
+        order = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n_val = round(len(idx) * val_fraction)
+        if val_fraction > 0 and len(idx) > 1:
+            n_val = min(max(n_val, 1), len(idx) - 1)  # every class on both sides
+        val += order[:n_val]
+        train += order[n_val:]
+    return sorted(train), sorted(val)

@@ -1,0 +1,191 @@
+"""Process-group setup: one explicit `DistState` built once and passed to whoever needs it.
+
+Three ways a dtrain process can start, and how its rank/world are found:
+  * under torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT (torchrun sets them);
+  * as an srun task with no torchrun: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and the first host of
+    SLURM_JOB_NODELIST as the rendezvous address;
+  * as a plain process with neither (the single-process debugging run): world size 1, no group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistState:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    launcher: str
+    """'torchrun', 'slurm' or 'single': where rank and world came from."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclass(frozen=True)
+class _Env:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    master_addr: str | None
+    master_port: int | None
+    launcher: str
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm nodelist: 'gpu[003-005,9],cpu1' -> 'gpu003' (what scontrol would print first)."""
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not head:
+        raise ValueError(f"cannot parse SLURM_JOB_NODELIST={nodelist!r}")
+    prefix, _, ranges = head.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def _int_env(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise RuntimeError(f"environment variable {key}={env[key]!r} is not an integer") from None
+
+
+def read_env(env: Mapping[str, str] = os.environ) -> _Env:
+    """Where this process sits in the job, from the launcher's environment variables only."""
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (also torchrun inside a Slurm job)
+        world = _int_env(env, "WORLD_SIZE")
+        return _Env(
+            rank=_int_env(env, "RANK"),
+            world_size=world,
+            local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            local_world_size=_int_env(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world,
+            master_addr=env.get("MASTER_ADDR"),
+            master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else None,
+            launcher="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
+        # srun task without torchrun. SLURM_STEP_ID tells an srun step apart from the batch script
+        # itself, which also carries SLURM_PROCID=0 but is not one of the ranks.
+        world = _int_env(env, "SLURM_NTASKS")
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost")
+        job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
+        return _Env(
+            rank=_int_env(env, "SLURM_PROCID"),
+            world_size=world,
+            local_rank=_int_env(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+            local_world_size=_slurm_tasks_on_this_node(env, world),
+            master_addr=env.get("MASTER_ADDR") or first_slurm_host(nodelist),
+            # A port derived from the job id keeps two jobs sharing a node from colliding.
+            master_port=int(env["MASTER_PORT"]) if "MASTER_PORT" in env else 20000 + job_id % 20000,
+            launcher="slurm",
+        )
+    return _Env(0, 1, 0, 1, None, None, "single")
+
+
+def _slurm_tasks_on_this_node(env: Mapping[str, str], world: int) -> int:
+    # SLURM_TASKS_PER_NODE looks like '2(x3),1'; this node's count is what SLURM_NTASKS_PER_NODE says
+    # when the user set it, else the first group (homogeneous allocations, the usual case).
+    if "SLURM_NTASKS_PER_NODE" in env:
+        return int(env["SLURM_NTASKS_PER_NODE"])
+    tpn = env.get("SLURM_TASKS_PER_NODE")
+    if tpn:
+        return int(re.match(r"\d+", tpn).group(0))
+    return world
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("dist.device=cuda but CUDA is not available here; set dist.device=auto or cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
+            f"start at most {torch.cuda.device_count()} processes per node (--nproc-per-node)"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mapping[str, str] = os.environ) -> DistState:
+    """Join the process group the launcher describes (none for a single process)."""
+    e = read_env(env)
+    dev = pick_device(device, e.local_rank)
+    if dev.type == "cuda":
+        # Before init: NCCL binds each rank's communicator to the current device.
+        torch.cuda.set_device(dev)
+    if e.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if e.launcher == "torchrun":
+            dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None)
+        else:
+            dist.init_process_group(
+                backend,
+                init_method=f"tcp://{e.master_addr}:{e.master_port}",
+                rank=e.rank,
+                world_size=e.world_size,
+                timeout=timeout,
+                device_id=dev if dev.type == "cuda" else None,
+            )
+    return DistState(e.rank, e.world_size, e.local_rank, e.local_world_size, dev, e.launcher)
+
+
+def destroy_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto", timeout_s: float = 600.0) -> Iterator[DistState]:
+    """`with distributed() as ds:` — the group is destroyed on exit, also when the body raises."""
+    state = init_distributed(device, timeout_s)
+    try:
+        yield state
+    except BaseException:
+        destroy_distributed()  # no barrier: the other ranks may be gone
+        raise
+    # Tear down together: a rank that leaves while its peer still has gloo I/O in flight can make the
+    # peer's background thread abort the process at exit ("terminate called without an active exception").
+    barrier(state)
+    destroy_distributed()
+
+
+# ---------------------------------------------------------------- small collectives (no-ops at world 1)
+
+
+def all_reduce_sum(t: torch.Tensor, state: DistState) -> torch.Tensor:
+    if state.is_distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(state: DistState) -> None:
+    if state.is_distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj, state: DistState, src: int = 0):
+    if not state.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,81 @@
+"""The contract between a recipe and the Trainer.
+
+A recipe is a module with two things:
+
+    @dataclass(kw_only=True)
+    class Config:            # the `task:` section of the YAML, typed and checked like the rest
+        ...
+
+    def build(cfg: Config, ctx: BuildContext) -> Task:
+        ...                  # model, data sets, loss and metrics; no training loop
+
+The Trainer owns the loop, devices, precision, distribution and checkpoints; a recipe never does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from dtrain.dist import DistState
+
+
+@dataclass
+class BuildContext:
+    """What a recipe may need to know while building its task."""
+
+    dist: DistState
+    seed: int
+    output_dir: Path
+
+
+def _default_forward(model: nn.Module, batch: Any) -> Any:
+    inputs = batch[0] if isinstance(batch, (list, tuple)) else batch["input"]
+    return model(inputs)
+
+
+@dataclass
+class Task:
+    model: nn.Module
+    """Built on the CPU; the Trainer moves, compiles and wraps it."""
+    train_data: Dataset
+    loss_fn: Callable[[Any, Any], torch.Tensor]
+    """(outputs, batch) -> the MEAN loss over the batch's samples (the Trainer relies on mean)."""
+    val_data: Dataset | None = None
+    test_data: Dataset | None = None
+    """Held out: evaluated once at the end, with the best checkpoint, into test_report.json."""
+    forward: Callable[[nn.Module, Any], Any] = _default_forward
+    """(model, batch) -> outputs. Default: model(batch[0]) for tuples, model(batch['input']) for dicts."""
+    eval_stats: Callable[[Any, Any], dict[str, torch.Tensor]] | None = None
+    """(outputs, batch) -> SUMS over the batch (counts, correct, a confusion matrix...).
+
+    Sums are added over batches and ranks, then `summarize` turns them into metrics. Sums, never
+    per-rank means, so uneven eval shards give the same answer as a single process."""
+    summarize: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = None
+    """Reduced sums -> metrics: numbers, or JSON-able values such as a confusion matrix."""
+    train_transform: Callable[[Any], Any] | None = None
+    """Applied to each training batch on the device (augmentation). Random draws must use the
+    global torch RNG, which checkpoints save and restore, so a resumed run sees the same draws."""
+    collate_fn: Callable | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Anything the recipe wants to keep (label names, tokenizer...)."""
+
+
+RECIPE_PACKAGE = "recipes"
+
+
+def resolve_recipe(name: str) -> ModuleType:
+    """'vision' -> recipes.vision; 'pkg.mod' -> that module. The module must define Config and build."""
+    module_name = name if "." in name else f"{RECIPE_PACKAGE}.{name}"
+    module = importlib.import_module(module_name)
+    for attr in ("Config", "build"):
+        if not hasattr(module, attr):
+            raise AttributeError(f"recipe module {module_name} defines no `{attr}`")
+    return module

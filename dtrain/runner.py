@@ -1,0 +1,23 @@
+"""`train(cfg)`: the one function behind `dtrain run` — join the group, build the recipe, fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dtrain.checkpoint import seed_everything
+from dtrain.config import RunConfig
+from dtrain.dist import distributed
+from dtrain.recipe import BuildContext, resolve_recipe
+from dtrain.trainer import Trainer
+
+
+def train(cfg: RunConfig) -> dict[str, float]:
+    """Train `cfg` in this process (as the only rank, or as one rank of torchrun / srun)."""
+    with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
+        # Same seed on every rank while the model is built, so initial weights agree even before
+        # DDP broadcasts them; then one stream per rank for augmentation and dropout.
+        seed_everything(cfg.seed)
+        recipe = resolve_recipe(cfg.recipe)
+        task = recipe.build(cfg.task, BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir)))
+        seed_everything(cfg.seed + ds.rank)
+        return Trainer(cfg, ds, task).fit()

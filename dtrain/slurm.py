@@ -1,0 +1,188 @@
+"""Slurm: render an sbatch script from the templates in slurm/, submit it, and read an allocation.
+
+The batch script asks Slurm for USR1 ahead of the time limit. Its trap touches <run_dir>/PREEMPT,
+every rank sees it at the next step boundary, rank 0 checkpoints, dtrain writes <run_dir>/PREEMPTED
+and exits; the script then requeues the job (at most `max_requeues` times) and `resume: auto` continues
+exactly. A run that ends, or fails in any other way, is never requeued.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from dtrain.preemption import DONE_FILE as PREEMPTED_FILE
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "slurm"
+
+COMMON = """\
+set -uo pipefail
+cd {workdir}
+RUN_DIR={run_dir}
+mkdir -p "$RUN_DIR"
+echo "[sbatch] job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, restart ${{SLURM_RESTART_COUNT:-0}}"
+# Slurm signals this shell with USR1 {signal_lead_s} s before the time limit; scancel and preemption send
+# TERM. The marker file reaches every rank on every node (torchrun does not forward USR1): dtrain
+# checkpoints at the next step boundary and stops.
+request_stop() {{ echo "[sbatch] $1: asking dtrain to checkpoint and stop"; touch "$RUN_DIR/PREEMPT"; }}
+trap 'request_stop USR1' USR1
+trap 'request_stop TERM' TERM
+rm -f "$RUN_DIR/{preempted}"
+"""
+
+FINISH = """\
+TRAIN_PID=$!
+# A trapped signal interrupts `wait`: wait again until the training step has really ended.
+while true; do
+    wait "$TRAIN_PID"; rc=$?
+    kill -0 "$TRAIN_PID" 2>/dev/null || break
+done
+if [ -f "$RUN_DIR/{preempted}" ]; then
+    if [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
+        echo "[sbatch] checkpointed on request: requeueing job $SLURM_JOB_ID"
+        scontrol requeue "$SLURM_JOB_ID"
+        exit 0
+    fi
+    echo "[sbatch] not requeueing: restarted ${{SLURM_RESTART_COUNT:-0}} times already (limit {max_requeues})"
+fi
+exit "$rc"
+"""
+
+
+@dataclass(kw_only=True)
+class SlurmJob:
+    config: str
+    overrides: list[str]
+    run_dir: Path
+    nodes: int = 1
+    gpus_per_node: int = 0
+    procs_per_node: int | None = None
+    """Processes per node (default: one per GPU, or 1 without GPUs)."""
+    cpus_per_task: int | None = None
+    time: str = "01:00:00"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    job_name: str = "dtrain"
+    launcher: str = "torchrun"
+    """'torchrun' (one srun task per node runs torchrun) or 'srun' (one srun task per process)."""
+    signal_lead_s: int = 90
+    max_requeues: int = 3
+
+    def check(self) -> list[str]:
+        bad = []
+        for key in ("nodes", "gpus_per_node", "procs_per_node", "cpus_per_task", "signal_lead_s", "max_requeues"):
+            v = getattr(self, key)
+            low = 1 if key in ("nodes", "procs_per_node", "cpus_per_task") else 0
+            if v is not None and v < low:
+                bad.append(f"--{key.replace('_', '-')}: must be >= {low}, got {v}")
+        if self.launcher not in ("torchrun", "srun"):
+            bad.append(f"--launcher: must be torchrun or srun, got {self.launcher!r}")
+        if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", self.time):
+            bad.append(f"--time: {self.time!r} is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)")
+        if not re.fullmatch(r"[\w.-]+", self.job_name):
+            bad.append(f"--job-name: use letters, digits, '.', '_' or '-', got {self.job_name!r}")
+        return bad
+
+
+def template_for(job: SlurmJob) -> Path:
+    if job.launcher == "srun":
+        return TEMPLATES / "srun_tasks.sbatch"
+    return TEMPLATES / ("one_node.sbatch" if job.nodes == 1 else "multi_node.sbatch")
+
+
+def render(job: SlurmJob, python: str = sys.executable, workdir: Path | None = None) -> str:
+    problems = job.check()
+    if problems:
+        raise ValueError("; ".join(problems))
+    procs = job.procs_per_node or max(job.gpus_per_node, 1)
+    # torchrun's workers share its task's CPUs; an srun task per process gets its own.
+    cpus = job.cpus_per_task or (max(procs * 2, 1) if job.launcher == "torchrun" else 2)
+    extra = []
+    if job.gpus_per_node:
+        extra.append(f"#SBATCH --gpus-per-node={job.gpus_per_node}")
+    for key in ("partition", "account", "qos"):
+        if getattr(job, key):
+            extra.append(f"#SBATCH --{key}={getattr(job, key)}")
+    q = shlex.quote
+    run_dir = Path(job.run_dir).resolve()
+    overrides = [f"output_dir={run_dir}", *job.overrides]
+    values = {
+        "job_name": job.job_name,
+        "nodes": str(job.nodes),
+        "procs_per_node": str(procs),
+        "cpus_per_task": str(cpus),
+        "time": job.time,
+        "run_dir": q(str(run_dir)),
+        "signal_lead_s": str(job.signal_lead_s),
+        "extra_sbatch": "\n".join(extra),
+        "python": q(python),
+        "config": q(str(Path(job.config).resolve())),
+        "overrides": " ".join(q(o) for o in overrides),
+        "common": COMMON.format(workdir=q(str(workdir or Path.cwd())), run_dir=q(str(run_dir)),
+                                signal_lead_s=job.signal_lead_s, preempted=PREEMPTED_FILE),
+        "finish": FINISH.format(preempted=PREEMPTED_FILE, max_requeues=job.max_requeues),
+    }
+    text = template_for(job).read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    left = re.findall(r"\{\{(\w+)\}\}", text)
+    if left:
+        raise ValueError(f"template {template_for(job)} has unknown placeholders: {sorted(set(left))}")
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def submit(script: Path) -> str:
+    """sbatch the script; returns the job id."""
+    try:
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RuntimeError("sbatch not found: run this on a Slurm login node (or use --dry-run)") from None
+    if out.returncode != 0:
+        raise RuntimeError(f"sbatch failed: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip().split(";")[0]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    job_id: str
+    nodes: list[str]
+    num_nodes: int
+    tasks: int
+    gpus_per_node: str | None
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """'gpu[01-03,7],cpu1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu7', 'cpu1'] (what scontrol show hostnames prints)."""
+    hosts = []
+    for prefix, ranges, single in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if single:
+            hosts.append(single)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            if not hi:
+                hosts.append(prefix + lo)
+            else:
+                hosts += [f"{prefix}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)]
+    return hosts
+
+
+def allocation(env: Mapping[str, str] = os.environ) -> Allocation | None:
+    """The Slurm allocation this process runs in, or None outside one."""
+    if "SLURM_JOB_ID" not in env:
+        return None
+    nodelist = env.get("SLURM_JOB_NODELIST", "")
+    return Allocation(
+        job_id=env["SLURM_JOB_ID"],
+        nodes=expand_nodelist(nodelist) if nodelist else [],
+        num_nodes=int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1),
+        tasks=int(env.get("SLURM_NTASKS") or 1),
+        gpus_per_node=env.get("SLURM_GPUS_PER_NODE") or env.get("SLURM_GPUS_ON_NODE"),
+    )

@@ -1,0 +1,387 @@
+"""The training loop. It reads top to bottom: fit -> epochs -> optimizer steps -> micro-batches.
+
+Everything else (process groups, precision, samplers, checkpoints, logging, config) lives in its own
+module; the Trainer only decides *when* each of them is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dtrain.checkpoint import CheckpointError, CheckpointManager, restore_rng
+from dtrain.config import RunConfig, dump_yaml
+from dtrain.data import (
+    EvalSampler,
+    TrainSampler,
+    accumulation_windows,
+    batch_len,
+    make_loader,
+    micro_batch_sizes,
+    move_to,
+)
+from dtrain.dist import DistState, all_reduce_sum
+from dtrain.early_stopping import EarlyStopping
+from dtrain.loggers import MetricsLogger, truncate_after
+from dtrain.preemption import Preempted, StopRequest
+from dtrain.optim import build_optimizer, build_scheduler
+from dtrain.precision import Precision
+from dtrain.recipe import Task
+
+
+class FaultInjected(RuntimeError):
+    """Raised by `fault_injection.crash_after_step`; tests use it to stop a run on purpose."""
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, dist: DistState, task: Task):
+        self.cfg, self.dist, self.task = cfg, dist, task
+        tc = cfg.train
+        self.run_dir = Path(cfg.output_dir)
+        self.device = dist.device
+
+        # The raw module is what checkpoints save; `self.train_model` is what the loop calls.
+        self.model = task.model.to(self.device)
+        if tc.compile:
+            self.model.compile(mode=None if tc.compile is True else tc.compile)
+        self.ddp = None
+        if dist.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
+        self.train_model = self.ddp or self.model
+
+        self.precision = Precision(tc.precision, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+
+        workers = tc.num_workers
+        if workers == "auto":
+            workers = 2 if self.device.type == "cuda" else 0
+        n_train = len(task.train_data)
+        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed)
+        if self.sampler.per_rank() == 0:
+            raise ValueError(f"the training set has {n_train} samples, fewer than the {dist.world_size} ranks")
+        self.loader = make_loader(task.train_data, self.sampler, tc.batch_size, dist, workers, task.collate_fn)
+        self.batches_per_epoch = len(micro_batch_sizes(self.sampler.per_rank(), tc.batch_size))
+        self.steps_per_epoch = -(-self.batches_per_epoch // tc.grad_accum_steps)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        if tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+
+        self.val_loader, self.test_loader = (
+            make_loader(data, EvalSampler(len(data), dist.rank, dist.world_size), tc.batch_size, dist, workers,
+                        task.collate_fn)
+            if data is not None and len(data) > 0 else None
+            for data in (task.val_data, task.test_data)
+        )
+        es = cfg.early_stopping
+        self.early_stopping = EarlyStopping(es.metric, es.mode, es.patience, es.min_delta)
+
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", dist, cfg.checkpoint.keep_last)
+        # Loop position: everything a resume needs besides model/optimizer/RNG.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_value: float | None = None
+        self.stopped_early = False
+        self.last_saved_step = -1
+        self.last_eval: dict[str, float] = {}
+
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main)
+        self.stop_request = StopRequest(self.run_dir, dist)
+        self._window_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss*n, n
+        self._log_time = time.perf_counter()
+        self._log_samples = 0
+
+    # ================================================================== the loop
+    def fit(self) -> dict[str, float]:
+        """Train to the end (resuming first if there is a checkpoint); returns the last evaluation."""
+        try:
+            self.stop_request.clear_stale_marker()
+            self._start()
+            tc = self.cfg.train
+            while self.step < self.total_steps and not self.stopped_early:
+                self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * tc.batch_size)
+                sizes = micro_batch_sizes(self.sampler.per_rank(), tc.batch_size)[self.batch_in_epoch :]
+                batches = iter(self.loader)
+                for window in accumulation_windows(sizes, tc.grad_accum_steps):
+                    self._train_step(batches, window)
+                    self._after_step(window)
+                    if self.step >= self.total_steps or self.stopped_early:
+                        break
+            self.logger.info(f"done: {self.step} steps, {self.epoch} epochs, output in {self.run_dir}")
+            if self.test_loader is not None:
+                self.test()
+            return self.last_eval
+        finally:
+            self.stop_request.done()
+            self.logger.close()
+
+    def _train_step(self, batches: Iterator, window: list[int]) -> None:
+        """One optimizer step over a window of micro-batches (gradient accumulation)."""
+        self.train_model.train()
+        window_samples = sum(window)
+        for i, n in enumerate(window):
+            batch = move_to(next(batches), self.device)
+            if self.task.train_transform is not None:
+                batch = self.task.train_transform(batch)
+            assert batch_len(batch) == n, f"expected a micro-batch of {n}, got {batch_len(batch)}"
+            # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
+            # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
+            last = i == len(window) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    outputs = self.task.forward(self.train_model, batch)
+                    loss = self.task.loss_fn(outputs, batch)
+                # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
+                # the summed gradient the mean over the whole window, also for a short last window.
+                # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
+                self.precision.backward(loss * (n / window_samples))
+            self._window_loss[0] += loss.detach().double() * n
+            self._window_loss[1] += n
+
+        self.precision.unscale_(self.optimizer)
+        clip = self.cfg.train.grad_clip
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
+        self.precision.step(self.optimizer)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _after_step(self, window: list[int]) -> None:
+        cc, tc = self.cfg.checkpoint, self.cfg.train
+        self.step += 1
+        self.batch_in_epoch += len(window)
+        self._log_samples += sum(window) * self.dist.world_size  # every rank draws the same sizes
+        epoch_end = self.batch_in_epoch == self.batches_per_epoch
+        if epoch_end:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        last = self.step >= self.total_steps
+        if self.step % tc.log_every == 0 or last:
+            self._log_train()
+
+        improved = False
+        due_eval = (tc.eval_every and self.step % tc.eval_every == 0) or (tc.eval_every is None and epoch_end)
+        if self.val_loader is not None and (due_eval or last):
+            metrics = self.evaluate()
+            self.last_eval = metrics
+            self.logger.log({"step": self.step, "epoch": self.epoch, **metrics}, kind="eval")
+            improved = self._is_improvement(metrics)
+            # Every rank sees the same reduced metrics, so every rank takes the same decision.
+            if self.early_stopping.update(metrics) and not last:
+                self.stopped_early = last = True
+                self.logger.info(
+                    f"early stop at step {self.step}: {self.early_stopping.metric} has not improved for "
+                    f"{self.early_stopping.patience} evaluations (best {self.early_stopping.best:.4g})"
+                )
+
+        due_save = (
+            (cc.every_steps and self.step % cc.every_steps == 0) or (cc.every_epoch and epoch_end) or last or improved
+        )
+        if due_save and self.last_saved_step != self.step:
+            path = self.save_checkpoint()
+            if improved:
+                self.ckpt.mark_best(path, cc.best_metric, self.best_value, self.step)
+
+        reason = None if last else self.stop_request.agreed(self.device)
+        if reason:
+            if self.last_saved_step != self.step:
+                self.save_checkpoint()
+            self.stop_request.record_stop(self.step)
+            raise Preempted(f"stopped at step {self.step} on request ({reason}); checkpoint saved, resume continues")
+
+        fi = self.cfg.fault_injection
+        if fi.kill_at_step == self.step and fi.kill_rank == self.dist.rank and _first_attempt():
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fi.step_sleep_s:
+            time.sleep(fi.step_sleep_s)
+        if fi.crash_after_step == self.step:
+            raise FaultInjected(f"fault injection: crash after step {self.step}")
+
+    # ================================================================== evaluation
+    @torch.inference_mode()
+    def evaluate(self, loader=None) -> dict:
+        """Loss and recipe metrics over the whole validation set (or `loader`), each sample counted once
+        across ranks."""
+        # The unwrapped model: evaluation needs no gradient sync, and DDP would broadcast buffers.
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums: dict[str, torch.Tensor] = {}
+        for batch in loader or self.val_loader:
+            batch = move_to(batch, self.device)
+            with self.precision.autocast():
+                outputs = self.task.forward(self.model, batch)
+                loss = self.task.loss_fn(outputs, batch)
+            n = batch_len(batch)
+            loss_sum += loss.double() * n
+            count += n
+            if self.task.eval_stats is not None:
+                for k, v in self.task.eval_stats(outputs, batch).items():
+                    v = v.detach().double()
+                    sums[k] = sums[k] + v if k in sums else v
+        self.model.train()
+        sums = self._reduce_sums({"_loss": loss_sum, "_count": count, **sums})
+        metrics = {"val_loss": (sums.pop("_loss") / sums.pop("_count").clamp(min=1)).item()}
+        if self.task.summarize is not None:
+            metrics.update(self.task.summarize(sums))
+        return metrics
+
+    def test(self) -> dict:
+        """Evaluate the best checkpoint (else the final model) on the held-out test split, once."""
+        best = self.ckpt.best()
+        if best is not None:
+            self.model.load_state_dict(self.ckpt.load(self.ckpt.root / best["checkpoint"]).model)
+        metrics = self.evaluate(self.test_loader)
+        metrics = {"test_loss": metrics.pop("val_loss"), **metrics}
+        source = best["checkpoint"] if best else f"step_{self.step:08d} (final)"
+        self.logger.log({"step": self.step, "checkpoint": source, **metrics}, kind="test")
+        if self.dist.is_main:
+            report = {"checkpoint": source, "step": self.step, **metrics}
+            (self.run_dir / "test_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return metrics
+
+    def _reduce_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.dist.is_distributed:
+            return sums
+        # A rank whose shard was empty has no recipe keys; agree on keys and shapes first.
+        shapes = [None] * self.dist.world_size
+        tdist.all_gather_object(shapes, {k: tuple(v.shape) for k, v in sums.items()})
+        merged = {k: s for d in shapes for k, s in d.items()}
+        out = {}
+        for k in sorted(merged):
+            t = sums.get(k, torch.zeros(merged[k], dtype=torch.float64, device=self.device)).clone()
+            out[k] = all_reduce_sum(t, self.dist)
+        return out
+
+    def _is_improvement(self, metrics: dict[str, float]) -> bool:
+        cc = self.cfg.checkpoint
+        if not cc.best_metric:
+            return False
+        if cc.best_metric not in metrics:
+            raise KeyError(
+                f"checkpoint.best_metric={cc.best_metric!r} is not among the evaluation metrics "
+                f"{sorted(metrics)}; set it to one of them"
+            )
+        value = metrics[cc.best_metric]
+        better = self.best_value is None or (value > self.best_value if cc.best_mode == "max" else value < self.best_value)
+        if better:
+            self.best_value = value
+        return better
+
+    # ================================================================== logging
+    def _log_train(self) -> None:
+        totals = all_reduce_sum(self._window_loss.clone(), self.dist)
+        loss = (totals[0] / totals[1].clamp(min=1)).item()
+        elapsed = time.perf_counter() - self._log_time
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": self._log_samples / max(elapsed, 1e-9),
+        }
+        if self._grad_norm is not None:
+            record["grad_norm"] = self._grad_norm.item()
+        self.logger.log(record)
+        self._window_loss.zero_()
+        self._log_time, self._log_samples = time.perf_counter(), 0
+
+    # ================================================================== checkpoints
+    def state_dict(self) -> dict:
+        """The loop's own state (model and optimizer are saved beside it)."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_value": self.best_value,
+            "early_stopping": self.early_stopping.state_dict(),
+            "stopped_early": self.stopped_early,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.state_dict(),
+            "seed": self.cfg.seed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_value = state["best_value"]
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.stopped_early = state["stopped_early"]
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state["scaler"])
+
+    def save_checkpoint(self) -> Path:
+        kill = self.cfg.fault_injection.kill_during_save_at_step == self.step and _first_attempt()
+        path = self.ckpt.save(
+            self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(), kill_midway=kill
+        )
+        self.last_saved_step = self.step
+        self.logger.info(f"checkpoint {path}")
+        return path
+
+    def _load_auto(self):
+        """The newest checkpoint every rank can load; a damaged one is skipped with a warning."""
+        for path in self.ckpt.complete_newest_first():
+            try:
+                loaded, problem = self.ckpt.load(path), None
+            except CheckpointError as exc:
+                loaded, problem = None, str(exc)
+            # All ranks must resume from the same step: skip a checkpoint if any rank cannot read its part.
+            bad = all_reduce_sum(torch.tensor([0.0 if loaded else 1.0], device=self.device), self.dist).item()
+            if not bad:
+                return loaded
+            print(f"[dtrain] warning (rank {self.dist.rank}): {problem or 'another rank cannot load ' + str(path)}; "
+                  "falling back to the previous checkpoint", flush=True)
+        return None
+
+    def _start(self) -> None:
+        """Write config.yaml, then resume from a checkpoint if the config says so."""
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg), encoding="utf-8")
+        mode = self.cfg.checkpoint.resume
+        if mode == "none" and self.ckpt.newest_complete() is not None:
+            raise CheckpointError(
+                f"{self.ckpt.root} already holds checkpoints and checkpoint.resume=none; "
+                "set checkpoint.resume=auto to continue that run, or choose another output_dir"
+            )
+        loaded = self._load_auto() if mode == "auto" else (self.ckpt.load(Path(mode)) if mode != "none" else None)
+        if loaded is None:
+            self.logger.info(
+                f"starting fresh: {self.dist.world_size} rank(s) on {self.device.type}, "
+                f"{self.total_steps} steps ({self.steps_per_epoch}/epoch)"
+            )
+            return
+        path = loaded.path
+        try:
+            self.model.load_state_dict(loaded.model)
+        except RuntimeError as exc:  # another model, or another shape
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            raise CheckpointError(
+                f"{path / 'model.pt'} does not fit this model ({detail}); "
+                "resume with the recipe and task settings that wrote it, or start a new output_dir"
+            ) from None
+        self.optimizer.load_state_dict(loaded.optim)
+        self.load_state_dict(loaded.train_state)
+        self.last_saved_step = self.step
+        # Last: nothing may draw random numbers between this and the next training step.
+        restore_rng(loaded.rng)
+        if self.dist.is_main:
+            truncate_after(self.logger.path, self.step)
+        self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+def _first_attempt() -> bool:
+    """False in a group torchrun restarted (fault injection fires once, so the restart can finish)."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

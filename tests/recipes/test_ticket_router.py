@@ -1,0 +1,148 @@
+"""Ticket router: data checks, split, batching, metrics, and train -> export (ONNX parity) -> predict."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from dtrain.data import EvalSampler
+from recipes.ticket_router.data import SHIPPED, PadCollate, TicketDataError, load_tickets, split
+from recipes.ticket_router.metrics import confusion, report
+from tests.conftest import dtrain, final_checkpoint, launch, run
+
+CFG = "recipes/ticket_router/config.yaml"
+
+
+def test_collate_pads_to_the_longest_and_masks():
+    batch = PadCollate(pad_id=0)([([101, 7, 8, 102], 2), ([101, 9, 102], 0)])
+    assert batch["input_ids"].tolist() == [[101, 7, 8, 102], [101, 9, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["labels"].tolist() == [2, 0]
+    assert PadCollate(0)([([1, 2], 0)])["input_ids"].shape == (1, 2)  # not padded to max_length
+
+
+def test_shipped_data_is_big_enough():
+    tickets = load_tickets(SHIPPED)
+    assert len(tickets.texts) >= 900 and len(tickets.names) >= 4
+    assert {"billing", "technical", "account", "shipping"} <= set(tickets.names)
+
+
+def test_split_is_stratified_reproducible_and_disjoint():
+    tickets = load_tickets(SHIPPED)
+    a, b = split(tickets, 0.15, 0.15, seed=3), split(tickets, 0.15, 0.15, seed=3)
+    assert a == b and a != split(tickets, 0.15, 0.15, seed=4)
+    all_idx = a["train"] + a["val"] + a["test"]
+    assert sorted(all_idx) == list(range(len(tickets.texts)))
+    n = len(tickets.texts)
+    assert abs(len(a["val"]) - 0.15 * n) <= len(tickets.names) and abs(len(a["test"]) - 0.15 * n) <= len(tickets.names)
+    for k in range(len(tickets.names)):  # every class on every side
+        assert all(any(tickets.labels[i] == k for i in a[part]) for part in a)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"text,category\nhello,billing\n", "no 'label' column"),
+    (b"text,label\nhello,billing\n  ,technical\n", "line 3: empty text"),
+    (b"text,label\nhello,billing\ncaf\xe9 broken,technical\n", "not UTF-8 text (byte 0xe9 at offset"),
+    (b"text,label\nhello,billing\nhi,refunds\n", "line 3: unknown label 'refunds'"),
+])
+def test_bad_data_files_get_clear_errors(tmp_path, content, message):
+    path = tmp_path / "tickets.csv"
+    path.write_bytes(content)
+    with pytest.raises(TicketDataError, match=message.replace("(", r"\(")) as info:
+        load_tickets(path, ["billing", "technical"] if "refunds" in message else None)
+    assert str(path) in str(info.value)
+
+
+def test_jsonl_is_read(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "refund please", "label": "billing"}\n{"text": "app crash", "label": "technical"}\n')
+    t = load_tickets(path)
+    assert t.texts == ["refund please", "app crash"] and t.names == ["billing", "technical"] and t.labels == [0, 1]
+
+
+def test_macro_f1_by_hand_and_over_uneven_shards():
+    cm = torch.tensor([[3, 1], [0, 2]])  # class 0: P=1, R=.75 ; class 1: P=2/3, R=1
+    f1_0, f1_1 = 2 * 0.75 / 1.75, 2 * (2 / 3) / (5 / 3)
+    assert report(cm, ["a", "b"])["macro_f1"] == pytest.approx((f1_0 + f1_1) / 2)
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(101, 4, generator=g), torch.randint(0, 4, (101,), generator=g)
+    whole = confusion(logits, labels, 4)
+    shards = [list(EvalSampler(101, r, 3)) for r in range(3)]  # 34 + 34 + 33
+    summed = sum(confusion(logits[s], labels[s], 4) for s in shards)
+    assert torch.equal(summed, whole)
+    assert report(summed, list("abcd")) == report(whole, list("abcd"))
+
+
+def test_model_path_without_a_model_is_a_clear_error(tmp_path):
+    proc = run(CFG, f"task.model_path={tmp_path}", f"output_dir={tmp_path}/run", check=False)
+    assert proc.returncode == 1 and "holds no Hugging Face model (no config.json)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_export_predict_end_to_end(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    args = [f"task.model_path={tiny_model}", f"output_dir={out}", "task.max_length=32", "train.max_steps=8",
+            "train.eval_every=4", "optim.lr=1e-3", "early_stopping.metric=null"]
+    proc = launch(2, CFG, *args)
+    assert "2 rank(s) on cpu" in proc.stdout
+
+    split_rec = json.loads((out / "split.json").read_text())
+    assert split_rec["sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    assert sum(sum(c.values()) for c in split_rec["counts"].values()) == len(load_tickets(SHIPPED).texts)
+    report_ = json.loads((out / "test_report.json").read_text())
+    assert {"macro_f1", "accuracy", "per_class", "confusion_matrix", "test_loss", "checkpoint"} <= set(report_)
+    assert sum(map(sum, report_["confusion_matrix"])) == sum(split_rec["counts"]["test"].values())
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["metric"] == "macro_f1" and report_["checkpoint"] == best["checkpoint"]
+
+    export_dir = tmp_path / "export"
+    meta = json.loads(dtrain("export", str(out), str(export_dir)).stdout)
+    assert meta["parity"]["agreement"] >= 0.995 and meta["parity"]["max_abs_logit_diff"] <= 1e-3
+    assert (export_dir / "model.onnx").is_file() and (export_dir / "hf" / "model.safetensors").is_file()
+    assert (export_dir / "hf" / "tokenizer.json").is_file()
+
+    texts = ["I was charged twice this month", "the app crashes on start"]
+    from_onnx = [json.loads(x) for x in dtrain("predict", str(export_dir), *texts).stdout.splitlines()]
+    from_ckpt = [json.loads(x) for x in dtrain("predict", str(out), *texts).stdout.splitlines()]
+    assert [r["label"] for r in from_onnx] == [r["label"] for r in from_ckpt]
+    assert all(r["label"] in split_rec["labels"] and 0 < r["confidence"] <= 1 for r in from_onnx)
+
+    tickets = tmp_path / "tickets.txt"
+    tickets.write_text("where is my parcel\nreset my password\n")
+    assert len(dtrain("predict", str(export_dir), "--file", str(tickets)).stdout.splitlines()) == 2
+
+    # bad input: one clear line, non-zero exit, no traceback
+    empty = dtrain("predict", str(export_dir), "   ", check=False)
+    assert empty.returncode == 1 and "ticket 1 is empty" in empty.stderr and "Traceback" not in empty.stderr
+    tickets.write_bytes(b"ok ticket\n\xff\xfe broken\n")
+    binary = dtrain("predict", str(export_dir), "--file", str(tickets), check=False)
+    assert binary.returncode == 1 and "not UTF-8" in binary.stderr and str(tickets) in binary.stderr
+
+
+def test_export_fails_loudly_and_writes_nothing_when_parity_fails(tmp_path, tiny_model, monkeypatch):
+    from recipes.ticket_router import serve
+
+    out = tmp_path / "run"
+    run(CFG, f"task.model_path={tiny_model}", f"output_dir={out}", "task.max_length=32", "train.max_steps=2")
+    monkeypatch.setattr(serve, "PARITY_ATOL", -1.0)  # no export can meet a negative tolerance
+    with pytest.raises(serve.ExportError, match="ONNX parity failed"):
+        serve.export(out, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+    assert not list(tmp_path.glob(".export.*"))
+
+
+def test_early_stopping_stops_and_resume_does_not_restart(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    # min_delta so large that nothing after the first evaluation counts as an improvement
+    args = [f"task.model_path={tiny_model}", f"output_dir={out}", "task.max_length=32", "train.eval_every=2",
+            "train.epochs=5", "early_stopping.metric=val_loss", "early_stopping.patience=2",
+            "early_stopping.min_delta=1e9"]
+    proc = run(CFG, *args)
+    assert "early stop at step 6" in proc.stdout
+    assert final_checkpoint(out).name == "step_00000006"
+    again = run(CFG, *args)
+    assert "resumed from" in again.stdout and "[train]" not in again.stdout

@@ -1,0 +1,96 @@
+"""Checkpoint files: atomic layout, pruning, best kept, RNG round trip, and nothing unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dtrain.checkpoint import (
+    CheckpointError, CheckpointManager, capture_rng, export_model, load_file, restore_rng,
+)
+from dtrain.dist import init_distributed
+
+
+@pytest.fixture
+def manager(tmp_path):
+    return CheckpointManager(tmp_path / "checkpoints", init_distributed("cpu", env={}), keep_last=2)
+
+
+def save(manager, step, model=None):
+    model = model or {"w": torch.full((2, 2), float(step))}
+    return manager.save(step, model, {"state": {}, "param_groups": []}, {"step": step})
+
+
+def test_layout_and_latest_pointer(manager):
+    path = save(manager, 5)
+    assert path.name == "step_00000005"
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["files"] == ["model.pt", "optim.pt", "rng_rank0.pt", "train_state.pt"]
+    assert (manager.root / "latest").read_text().strip() == "step_00000005"
+    loaded = manager.load(path)
+    assert torch.equal(loaded.model["w"], torch.full((2, 2), 5.0)) and loaded.train_state == {"step": 5}
+
+
+def test_keep_last_and_best_survive_pruning(manager):
+    for step in (1, 2):
+        save(manager, step)
+    manager.mark_best(manager.root / "step_00000001", "accuracy", 0.9, 1)
+    for step in (3, 4):
+        save(manager, step)
+    names = [p.name for p in manager.list_steps()]
+    assert names == ["step_00000001", "step_00000003", "step_00000004"]
+    assert manager.best()["checkpoint"] == "step_00000001"
+
+
+def test_incomplete_checkpoint_is_skipped(manager):
+    save(manager, 1)
+    good = save(manager, 2)
+    (good / "optim.pt").unlink()  # damaged: a listed file is missing
+    (manager.root / "latest").write_text("step_00000002\n")
+    assert manager.newest_complete().name == "step_00000001"
+    with pytest.raises(CheckpointError, match="not a complete dtrain checkpoint"):
+        manager.load(good)
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "model.pt"
+    torch.save({"w": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_file(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_file_is_named(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(100)}, path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_file(path)
+
+
+def test_rng_round_trip_through_a_file(tmp_path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    torch.save(capture_rng(), tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng(load_file(tmp_path / "rng.pt"))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_export_to_safetensors(manager, tmp_path):
+    from safetensors.torch import load_file as load_st
+
+    lin = torch.nn.Linear(3, 2)
+    save(manager, 7, lin.state_dict())
+    out = tmp_path / "model.safetensors"
+    assert export_model(manager.root, out) == 2  # the checkpoints dir: newest is used
+    got = load_st(out)
+    assert torch.equal(got["weight"], lin.weight.detach()) and torch.equal(got["bias"], lin.bias.detach())

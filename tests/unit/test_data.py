@@ -1,0 +1,67 @@
+"""Samplers: which rank sees which sample, exactly once, and where a resume picks up."""
+
+from __future__ import annotations
+
+import pytest
+
+from dtrain.data import EvalSampler, TrainSampler, accumulation_windows, micro_batch_sizes, stratified_split
+
+
+def epoch(num, world, seed=0, ep=0):
+    out = []
+    for r in range(world):
+        s = TrainSampler(num, r, world, seed)
+        s.set_epoch(ep)
+        out.append(list(s))
+    return out
+
+
+def test_train_ranks_are_disjoint_and_drop_only_the_tail():
+    shards = epoch(103, 4)
+    flat = [i for s in shards for i in s]
+    assert all(len(s) == 25 for s in shards)
+    assert len(set(flat)) == len(flat) == 100  # 3 samples left out, none duplicated
+
+
+def test_global_step_holds_the_same_samples_whatever_the_world_size():
+    b, n = 4, 64
+    two = epoch(n, 2)
+    one = epoch(n, 1)[0]
+    for step in range(n // (4 * b)):
+        # 2 ranks x micro-batch b x accumulation 2  vs  1 rank x micro-batch b x accumulation 4
+        got = {i for r in range(2) for i in two[r][step * 2 * b:(step + 1) * 2 * b]}
+        assert got == set(one[step * 4 * b:(step + 1) * 4 * b])
+
+
+def test_epochs_shuffle_differently_and_reproducibly():
+    assert epoch(50, 1, ep=0) != epoch(50, 1, ep=1)
+    assert epoch(50, 1, ep=1) == epoch(50, 1, ep=1)
+    assert epoch(50, 1, seed=1) != epoch(50, 1, seed=2)
+
+
+def test_resume_start_continues_with_the_next_sample():
+    full = epoch(40, 2, ep=3)[1]
+    s = TrainSampler(40, 1, 2, 0)
+    s.set_epoch(3, start=8)
+    assert list(s) == full[8:] and len(s) == 12
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (7, 2), (2, 4), (0, 2), (9, 1)])
+def test_eval_sampler_neither_pads_nor_duplicates(n, world):
+    seen = [i for r in range(world) for i in EvalSampler(n, r, world)]
+    assert sorted(seen) == list(range(n))
+
+
+def test_windows_and_short_last_window():
+    sizes = micro_batch_sizes(50, 8)
+    assert sizes == [8, 8, 8, 8, 8, 8, 2]
+    assert accumulation_windows(sizes, 3) == [[8, 8, 8], [8, 8, 8], [2]]
+
+
+def test_stratified_split_is_reproducible_and_proportional():
+    labels = [0] * 50 + [1] * 30 + [2] * 20
+    train, val = stratified_split(labels, 0.2, seed=7)
+    assert (train, val) == stratified_split(labels, 0.2, seed=7)
+    assert (train, val) != stratified_split(labels, 0.2, seed=8)
+    assert not set(train) & set(val) and len(train) + len(val) == 100
+    assert [sum(labels[i] == c for i in val) for c in range(3)] == [10, 6, 4]

@@ -1,0 +1,52 @@
+"""Where a process sits in the job, from torchrun's or Slurm's variables, or neither."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dtrain.dist import first_slurm_host, init_distributed, read_env
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("node1", "node1"), ("gpu[003-005,9]", "gpu003"), ("gpu[12,15],cpu1", "gpu12"),
+    ("a-b-[01-02]", "a-b-01"), ("x1,x2", "x1"),
+])
+def test_first_slurm_host(nodelist, first):
+    assert first_slurm_host(nodelist) == first
+
+
+def test_torchrun_env():
+    e = read_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                  "MASTER_ADDR": "h", "MASTER_PORT": "29500", "SLURM_PROCID": "0"})
+    assert (e.rank, e.world_size, e.local_rank, e.local_world_size, e.launcher) == (3, 8, 1, 2, "torchrun")
+
+
+def test_srun_env_without_torchrun():
+    e = read_env({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
+                  "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"})
+    assert (e.rank, e.world_size, e.local_rank, e.local_world_size) == (5, 8, 1, 4)
+    assert (e.master_addr, e.master_port, e.launcher) == ("gpu07", 24242, "slurm")
+
+
+def test_batch_script_itself_is_not_a_rank():
+    # sbatch's own shell has SLURM_PROCID=0 but no step: it must not try to join a group.
+    assert read_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"}).launcher == "single"
+
+
+def test_plain_process_is_a_world_of_one():
+    state = init_distributed("cpu", env={})
+    assert (state.rank, state.world_size, state.is_main, state.is_distributed) == (0, 1, True, False)
+    assert state.device == torch.device("cpu") and not torch.distributed.is_initialized()
+
+
+def test_bad_env_value_is_named():
+    with pytest.raises(RuntimeError, match="RANK='x'"):
+        read_env({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_cuda_requested_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="dist.device=cuda but CUDA is not available"):
+        init_distributed("cuda", env={})

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import torch
+
+from dtrain.precision import Precision
+
+
+def test_bf16_autocast_on_cpu():
+    p = Precision("bf16", torch.device("cpu"))
+    a = torch.randn(4, 4)
+    with p.autocast():
+        assert (a @ a).dtype == torch.bfloat16
+    assert (a @ a).dtype == torch.float32
+
+
+def test_fp32_changes_nothing():
+    p = Precision("fp32", torch.device("cpu"))
+    with p.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert p.scaler is None and p.state_dict() == {}
+
+
+def test_fp16_scaler_skips_a_non_finite_step_and_unscales_before_clipping():
+    p = Precision("fp16", torch.device("cpu"))
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=1.0)
+    scale = p.scaler.get_scale()
+    p.backward((w * torch.tensor([1.0, 2.0, 3.0])).sum())
+    p.unscale_(opt)
+    assert torch.equal(w.grad, torch.tensor([1.0, 2.0, 3.0]))  # true magnitudes before clipping
+    assert p.step(opt) is True and torch.equal(w.detach(), torch.tensor([0.0, -1.0, -2.0]))
+    opt.zero_grad()
+    p.backward((w * float("inf")).sum())
+    before = w.detach().clone()
+    assert p.step(opt) is False  # skipped, scale backed off
+    assert torch.equal(w.detach(), before) and p.scaler.get_scale() < scale
