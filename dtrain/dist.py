@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -152,6 +153,11 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mappin
 def destroy_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    # destroy_process_group only drops c10d's own references; a DDP reducer in a reference cycle keeps
+    # the gloo backend (and its worker threads) alive into interpreter shutdown, where tearing it down
+    # aborts the process now and then ("terminate called without an active exception"). Collect now,
+    # while the interpreter is whole.
+    gc.collect()
 
 
 @contextlib.contextmanager

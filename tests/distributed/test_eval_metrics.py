@@ -19,8 +19,9 @@ def evaluate(tmp_path, nproc):
     prefix = [sys.executable]
     if nproc > 1:
         prefix += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    subprocess.run([*prefix, "tests/distributed/eval_worker.py", str(out), f"output_dir={tmp_path}/r{nproc}", *ARGS],
-                   cwd=ROOT, env=child_env(), check=True, capture_output=True, timeout=120)
+    proc = subprocess.run([*prefix, "tests/distributed/eval_worker.py", str(out), f"output_dir={tmp_path}/r{nproc}", *ARGS],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return json.loads(out.read_text())
 
 
