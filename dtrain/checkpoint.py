@@ -5,14 +5,18 @@ Layout under <output_dir>/checkpoints/:
     latest            name of the newest complete checkpoint (written last, atomically)
     best.json         which checkpoint holds the best evaluation metric (never pruned)
 
-A checkpoint is written into `.tmp-step_*`, every file fsynced, meta.json (the list of files) written
-last, the directory renamed into place and only then `latest` updated. A crash at any point leaves
-the previous checkpoint complete and `latest` pointing at it. Everything loads with
-`torch.load(weights_only=True)`: no pickled objects, only tensors and plain containers.
+A checkpoint is written into `.tmp-step_*`, every file fsynced, meta.json (the list of files and
+their sha256) written last, the directory renamed into place and only then `latest` updated. A crash
+or a failed write at any point leaves the previous checkpoint complete and `latest` pointing at it.
+Loading checks every listed file against its sha256 (a truncated or bit-flipped file is named, not
+loaded) and uses `torch.load(weights_only=True)`: no pickled objects, only tensors and plain containers.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 import random
@@ -26,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtrain.dist import DistState, barrier
+from dtrain.dist import DistState, all_reduce_sum, barrier, gather_objects
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: meta.json holds a sha256 per file (1 had none; still loadable)."""
 
 
 class CheckpointError(RuntimeError):
@@ -44,11 +49,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_file(obj: Any, path: Path) -> None:
+def save_file(obj: Any, path: Path, *, fail_after: int | None = None) -> str:
+    """torch.save `obj` to `path`, fsynced; returns the file's sha256.
+
+    Serialised in memory first: a failing disk then raises a plain OSError (torch's own writer turns
+    ENOSPC into an opaque RuntimeError), and the checksum costs no second read. `fail_after` bytes
+    simulates a full disk for the tests: the write stops part-way with ENOSPC, as a real one would."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        if fail_after is not None and len(data) > fail_after:
+            f.write(data[:fail_after])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -61,11 +78,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def load_file(path: Path) -> Any:
+def load_file(path: Path, sha256: str | None = None) -> Any:
+    """torch.load with weights_only=True; with `sha256`, the bytes are checked before anything is parsed."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint file {path} cannot be read: {exc.strerror or exc}") from None
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise CheckpointError(f"checkpoint file {path} is corrupted: its sha256 does not match meta.json")
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint file {path} cannot be loaded safely: {first}") from None
@@ -132,37 +156,71 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     # ---------------------------------------------------------------- save
-    def save(self, step: int, model: dict, optim: dict, train_state: dict, *, kill_midway: bool = False) -> Path:
-        """Collective: every rank must call it. Returns the final checkpoint directory."""
+    def save(self, step: int, model: dict, optim: dict, train_state: dict, *, kill_midway: bool = False,
+             disk_full: bool = False) -> Path:
+        """Collective: every rank must call it. Returns the final checkpoint directory.
+
+        A write that fails (full disk, lost permissions) on any rank fails the save on every rank with
+        one CheckpointError; nothing is marked complete and the previous checkpoint stays `latest`."""
         name = f"step_{step:08d}"
         tmp = self.root / f".tmp-{name}"
         final = self.root / name
-        if self.dist.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():  # left by a crash during an earlier attempt
-                shutil.rmtree(tmp)
-            tmp.mkdir()
+        error: OSError | None = None
+        try:
+            if self.dist.is_main:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():  # left by a crash during an earlier attempt
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+        except OSError as exc:
+            error = exc
         barrier(self.dist)
-        save_file(capture_rng(), tmp / f"rng_rank{self.dist.rank}.pt")
-        barrier(self.dist)
-        if self.dist.is_main:
-            save_file(model, tmp / "model.pt")
-            if kill_midway:  # fault injection: die with the checkpoint half-written
-                os.kill(os.getpid(), signal.SIGKILL)
-            save_file(optim, tmp / "optim.pt")
-            save_file(train_state, tmp / "train_state.pt")
-            files = sorted(p.name for p in tmp.iterdir())
-            meta = {"format": FORMAT_VERSION, "step": step, "world_size": self.dist.world_size, "files": files}
-            write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
-            _fsync_dir(tmp)
-            if final.exists():  # same step saved again (e.g. a re-run after a crash): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-            write_text_atomic(self.root / "latest", name + "\n")
-            self.prune()
-        barrier(self.dist)
+        hashes: dict[str, str] = {}
+        if error is None:
+            try:
+                rng_name = f"rng_rank{self.dist.rank}.pt"
+                hashes[rng_name] = save_file(capture_rng(), tmp / rng_name)
+            except OSError as exc:
+                error = exc
+        # Rank 0 lists every rank's RNG file in meta.json, so it needs their hashes.
+        all_hashes = gather_objects(hashes, self.dist)
+        if self.dist.is_main and error is None and all(all_hashes):
+            try:
+                self._write_main(step, tmp, final, model, optim, train_state, all_hashes, kill_midway, disk_full)
+            except OSError as exc:
+                error = exc
+                shutil.rmtree(tmp, ignore_errors=True)
+        failed = all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.dist.device), self.dist)
+        if failed.item():
+            previous = self.newest_complete()
+            cause = (f"{error.strerror or error} ({error.filename})" if error is not None and error.filename
+                     else str(error) if error is not None else "another rank could not write its part")
+            raise CheckpointError(
+                f"writing checkpoint {final} failed: {cause}; nothing was marked complete and "
+                f"{previous or 'no earlier checkpoint'} is intact. Free space or fix the directory, "
+                "then rerun with checkpoint.resume=auto"
+            )
         return final
+
+    def _write_main(self, step, tmp, final, model, optim, train_state, rank_hashes, kill_midway, disk_full) -> None:
+        hashes = {k: v for h in rank_hashes for k, v in h.items()}
+        # fault injection: a full disk part-way through the model file
+        hashes["model.pt"] = save_file(model, tmp / "model.pt", fail_after=4096 if disk_full else None)
+        if kill_midway:  # fault injection: die with the checkpoint half-written
+            os.kill(os.getpid(), signal.SIGKILL)
+        hashes["optim.pt"] = save_file(optim, tmp / "optim.pt")
+        hashes["train_state.pt"] = save_file(train_state, tmp / "train_state.pt")
+        files = sorted(hashes)
+        meta = {"format": FORMAT_VERSION, "step": step, "world_size": self.dist.world_size, "files": files,
+                "sha256": hashes}
+        write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
+        _fsync_dir(tmp)
+        if final.exists():  # same step saved again (e.g. a re-run after a crash): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.root)
+        write_text_atomic(self.root / "latest", final.name + "\n")
+        self.prune()
 
     def mark_best(self, path: Path, metric: str, value: float, step: int) -> None:
         if self.dist.is_main:
@@ -176,7 +234,7 @@ class CheckpointManager:
             return None
 
     def prune(self) -> None:
-        complete = [p for p in self.list_steps() if self.is_complete(p)]
+        complete = [p for p in self.list_steps() if self.read_meta(p) is not None]
         best = self.best()
         keep = set(complete[-self.keep_last :])
         if best:
@@ -194,16 +252,19 @@ class CheckpointManager:
         return sorted(p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
 
     @staticmethod
-    def is_complete(path: Path) -> bool:
+    def read_meta(path: Path) -> dict | None:
+        """meta.json of a finished checkpoint directory, or None (never finished, or unreadable)."""
         try:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError):
-            return False
-        return all((path / f).is_file() for f in meta.get("files", [])) and bool(meta.get("files"))
+            return None
+        return meta if isinstance(meta, dict) and meta.get("files") else None
 
     def complete_newest_first(self) -> list[Path]:
-        """Complete checkpoints, the one `latest` names first, then the rest from newest to oldest."""
-        found = [p for p in reversed(self.list_steps()) if self.is_complete(p)]
+        """Finished checkpoints, the one `latest` names first, then the rest from newest to oldest.
+
+        Finished means meta.json was written; whether every file is intact is checked by `load`."""
+        found = [p for p in reversed(self.list_steps()) if self.read_meta(p) is not None]
         try:
             named = self.root / (self.root / "latest").read_text().strip()
         except OSError:
@@ -211,27 +272,33 @@ class CheckpointManager:
         return [named] + [p for p in found if p != named] if named in found else found
 
     def newest_complete(self) -> Path | None:
-        """`latest` if it names a complete checkpoint, else the newest complete one on disk."""
+        """`latest` if it names a finished checkpoint, else the newest finished one on disk."""
         found = self.complete_newest_first()
         return found[0] if found else None
 
     def load(self, path: Path) -> Loaded:
         path = Path(path)
-        if not self.is_complete(path):
-            raise CheckpointError(f"{path} is not a complete dtrain checkpoint (meta.json missing or files absent)")
-        meta = json.loads((path / "meta.json").read_text())
+        meta = self.read_meta(path)
+        if meta is None:
+            raise CheckpointError(
+                f"{path} is not a complete dtrain checkpoint ({path / 'meta.json'} is missing or unreadable)"
+            )
         if meta["world_size"] != self.dist.world_size:
             raise CheckpointError(
                 f"{path} was written by {meta['world_size']} ranks and this run has {self.dist.world_size}; "
                 f"resume with the same number of processes"
             )
-        rng_file = path / f"rng_rank{self.dist.rank}.pt"
+        sums = meta.get("sha256", {})
+        for name in meta["files"]:  # a missing part is named before anything is read
+            if not (path / name).is_file():
+                raise CheckpointError(f"checkpoint file {path / name} is missing (listed in {path / 'meta.json'})")
+        part = lambda name: load_file(path / name, sums.get(name))  # noqa: E731
         return Loaded(
             path=path,
-            model=load_file(path / "model.pt"),
-            optim=load_file(path / "optim.pt"),
-            train_state=load_file(path / "train_state.pt"),
-            rng=load_file(rng_file),
+            model=part("model.pt"),
+            optim=part("optim.pt"),
+            train_state=part("train_state.pt"),
+            rng=part(f"rng_rank{self.dist.rank}.pt"),
         )
 
 
@@ -245,7 +312,10 @@ def export_model(checkpoint: Path, out: Path) -> int:
         if latest is None:
             raise CheckpointError(f"{checkpoint} holds no complete checkpoint")
         checkpoint = latest
-    state = load_file(checkpoint / "model.pt")
+    meta = CheckpointManager.read_meta(checkpoint)
+    if meta is None:
+        raise CheckpointError(f"{checkpoint} is not a complete dtrain checkpoint (no readable meta.json)")
+    state = load_file(checkpoint / "model.pt", meta.get("sha256", {}).get("model.pt"))
     # clone(): safetensors refuses tensors that share storage (tied weights).
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
     out = Path(out)

@@ -21,26 +21,36 @@ def _load(config: str, overrides: list[str]):
     return load_config(config, overrides)
 
 
+def _preflight(cfg) -> None:
+    from dtrain.preflight import check_output_dir, check_recipe_data
+
+    check_recipe_data(cfg)
+    check_output_dir(cfg.output_dir)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from dtrain.dist import read_env
     from dtrain.runner import train
 
     cfg = _load(args.config, args.overrides)
+    if read_env().launcher == "single":  # under torchrun, `dtrain launch` has checked already
+        _preflight(cfg)
     train(cfg)
     return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from dtrain.launch import LaunchSpec, resolve_nproc, torchrun_argv
+    from dtrain.launch import LaunchSpec, resolve_nproc, run_torchrun, torchrun_argv
+    from dtrain.preflight import check_nproc, check_rendezvous_port
+    from dtrain.redact import redact_overrides
 
-    _load(args.config, args.overrides)  # every config error surfaces here, before any process starts
+    cfg = _load(args.config, args.overrides)  # every config error surfaces here, before any process starts
     nproc = resolve_nproc(args.nproc_per_node)
     import torch
 
-    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        return _fail(
-            f"--nproc-per-node={nproc} but this node has {torch.cuda.device_count()} GPU(s); "
-            "start at most one process per GPU (or --nproc-per-node auto)"
-        )
+    check_nproc(nproc, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    check_rendezvous_port(args.rdzv_endpoint, args.node_rank)
+    _preflight(cfg)
     spec = LaunchSpec(
         config=args.config,
         overrides=args.overrides,
@@ -52,12 +62,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
         max_restarts=args.max_restarts,
     )
     argv = torchrun_argv(spec)
-    print("[dtrain] " + " ".join(argv[1:]), flush=True)
+    shown = torchrun_argv(LaunchSpec(**{**vars(spec), "overrides": redact_overrides(spec.overrides)}))
+    print("[dtrain] " + " ".join(shown[1:]), flush=True)
     if args.dry_run:
         return 0
-    sys.stdout.flush()
-    os.execv(argv[0], argv)  # torchrun takes over this process: signals reach it directly
-    return 0  # unreachable
+    return run_torchrun(argv[3:])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -114,6 +123,8 @@ def cmd_slurm_submit(args: argparse.Namespace) -> int:
     from dtrain.slurm import SlurmJob, render, submit
 
     cfg = _load(args.config, args.overrides)  # config errors surface before anything is queued
+    if not args.dry_run:
+        _preflight(cfg)
     job = SlurmJob(
         config=args.config, overrides=args.overrides, run_dir=Path(cfg.output_dir), nodes=args.nodes,
         gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node, cpus_per_task=args.cpus_per_task,
@@ -215,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dtrain.config import ConfigError
+    from dtrain.preflight import PreflightError, safe_umask
+
+    safe_umask()
 
     try:
         return args.fn(args)
@@ -225,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"dtrain: config error{where}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    except PreflightError as exc:  # bad input found before anything started: like a config error
+        if args.debug:
+            raise
+        return _fail(str(exc), EXIT_CONFIG)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # one clear line; --debug shows the traceback
@@ -235,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_PREEMPTED
         if args.debug:
             raise
-        return _fail(f"{type(exc).__name__}: {exc}")
+        # dtrain's own errors already say what is wrong and what to do; others keep their type name.
+        own = type(exc).__module__.startswith(("dtrain.", "recipes."))
+        return _fail(str(exc) if own else f"{type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

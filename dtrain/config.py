@@ -49,10 +49,15 @@ class TrainConfig:
     """Optimizer steps between evaluations (None: at the end of every epoch)."""
     num_workers: int | Literal["auto"] = 0
     """DataLoader worker processes per rank; auto: 0 on the CPU (ranks already use the cores), 2 with CUDA."""
+    on_nonfinite: Literal["skip", "stop", "off"] = "skip"
+    """A NaN/Inf loss or gradient: skip that update (stop after max_nonfinite_in_a_row), stop at once, or
+    off (no check: saves one host sync per step)."""
+    max_nonfinite_in_a_row: int = 5
+    """Skipped updates in a row after which the run stops with nonfinite_report.json."""
 
     def check(self) -> list[str]:
         bad = []
-        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every"):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every", "max_nonfinite_in_a_row"):
             if getattr(self, name) <= 0:
                 bad.append(f"train.{name}: must be > 0, got {getattr(self, name)}")
         for name in ("max_steps", "eval_every"):
@@ -143,10 +148,17 @@ class DistConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """'auto' takes cuda:LOCAL_RANK when CUDA is available, else the CPU."""
     timeout_s: float = 600.0
-    """Process-group timeout: how long a collective may wait before the job fails."""
+    """Process-group timeout (NCCL and gloo): how long a collective may wait before the job fails."""
+    watchdog_timeout_s: float | None = 300.0
+    """Seconds without progress in a step, evaluation or collective before every rank dumps its stack,
+    hang_report.json names the stuck rank(s) and the job exits (null: off). Start-up and checkpoint
+    writes get max(this, timeout_s)."""
 
     def check(self) -> list[str]:
-        return [f"dist.timeout_s: must be > 0, got {self.timeout_s}"] if self.timeout_s <= 0 else []
+        bad = [f"dist.timeout_s: must be > 0, got {self.timeout_s}"] if self.timeout_s <= 0 else []
+        if self.watchdog_timeout_s is not None and self.watchdog_timeout_s <= 0:
+            bad.append(f"dist.watchdog_timeout_s: must be > 0 or null, got {self.watchdog_timeout_s}")
+        return bad
 
 
 @dataclass(kw_only=True)
@@ -163,6 +175,14 @@ class FaultInjectionConfig:
     """Under torchrun, the kills above fire only in the first attempt, so a restarted group can finish."""
     step_sleep_s: float = 0.0
     """Sleep after every step: makes a short test job last long enough to be signalled."""
+    hang_at_step: int | None = None
+    """Rank `hang_rank` sleeps for an hour inside this optimizer step (before its forward pass)."""
+    hang_rank: int = 0
+    nan_loss_at_steps: list[int] = field(default_factory=list)
+    """Optimizer steps whose loss is made NaN on rank `nan_rank`."""
+    nan_rank: int = 0
+    disk_full_at_step: int | None = None
+    """The checkpoint of this step fails part-way with ENOSPC, as on a full disk."""
 
 
 @dataclass(kw_only=True)
@@ -271,6 +291,16 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, raw: dict
     return cfg
 
 
+# Names other libraries use for the same setting (HF Trainer, Lightning, DeepSpeed): suggested by name.
+ALIASES = {
+    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "max_epochs": "epochs",
+    "gradient_accumulation_steps": "grad_accum_steps", "accumulate_grad_batches": "grad_accum_steps",
+    "max_grad_norm": "grad_clip", "gradient_clipping": "grad_clip", "gradient_clip_val": "grad_clip",
+    "per_device_train_batch_size": "batch_size", "train_micro_batch_size_per_gpu": "batch_size",
+    "warmup": "warmup_steps", "scheduler": "schedule", "lr_scheduler_type": "schedule",
+}
+
+
 def build_dataclass(cls: type, data: Any, prefix: str, problems: list[str]):
     """Build `cls` from a dict, appending one line per unknown key, wrong type or missing field."""
     if not isinstance(data, dict):
@@ -281,7 +311,8 @@ def build_dataclass(cls: type, data: Any, prefix: str, problems: list[str]):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            alias = ALIASES.get(str(key))
+            close = [alias] if alias in fields else difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
             problems.append(f"{prefix}{key}: unknown key{hint}")
             continue
@@ -390,4 +421,7 @@ def to_dict(cfg: Any) -> Any:
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML, secrets (values under key/token/password-like names) masked."""
+    from dtrain.redact import redact
+
+    return yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False)

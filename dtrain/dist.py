@@ -189,6 +189,15 @@ def barrier(state: DistState) -> None:
         dist.barrier()
 
 
+def gather_objects(obj, state: DistState) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not state.is_distributed:
+        return [obj]
+    out = [None] * state.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj, state: DistState, src: int = 0):
     if not state.is_distributed:
         return obj

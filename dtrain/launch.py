@@ -51,3 +51,22 @@ def torchrun_argv(spec: LaunchSpec) -> list[str]:
     argv.append(f"--max-restarts={spec.max_restarts}")
     argv += ["-m", "dtrain.cli", "run", spec.config, *spec.overrides]
     return argv
+
+
+def run_torchrun(torchrun_args: list[str]) -> int:
+    """Run torchrun in this process (signals reach its agent directly, as with exec) and turn a
+    failed group into one line naming the first failed rank, instead of torchrun's traceback."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    sys.stdout.flush()
+    try:
+        run(parse_args(torchrun_args))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        print(f"dtrain: error: rank {rank} {how} (its own message is above); the job has stopped",
+              file=sys.stderr, flush=True)
+        return code if 0 < code < 256 else 1
+    return 0

