@@ -78,7 +78,7 @@ def test_macro_f1_by_hand_and_over_uneven_shards():
 
 def test_model_path_without_a_model_is_a_clear_error(tmp_path):
     proc = run(CFG, f"task.model_path={tmp_path}", f"output_dir={tmp_path}/run", check=False)
-    assert proc.returncode == 1 and "holds no Hugging Face model (no config.json)" in proc.stderr
+    assert proc.returncode == 2 and "holds no Hugging Face model (no config.json)" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
