@@ -54,6 +54,9 @@ class TrainConfig:
     off (no check: saves one host sync per step)."""
     max_nonfinite_in_a_row: int = 5
     """Skipped updates in a row after which the run stops with nonfinite_report.json."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device, the denominator of MFU (None: looked up for known GPUs by name and
+    precision; on the CPU and unknown GPUs MFU is then left out and only achieved TFLOP/s logged)."""
 
     def check(self) -> list[str]:
         bad = []
@@ -68,6 +71,8 @@ class TrainConfig:
             bad.append(f"train.grad_clip: must be >= 0 or null, got {self.grad_clip}")
         if isinstance(self.num_workers, int) and self.num_workers < 0:
             bad.append(f"train.num_workers: must be >= 0, got {self.num_workers}")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            bad.append(f"train.peak_flops: must be > 0 or null, got {self.peak_flops}")
         if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
             bad.append(f"train.compile: unknown mode {self.compile!r}; use true, false or one of {sorted(COMPILE_MODES)}")
         return bad
@@ -162,6 +167,48 @@ class DistConfig:
 
 
 @dataclass(kw_only=True)
+class LoggingConfig:
+    """Where metrics go besides metrics.jsonl (always written) and the console (rank 0 only)."""
+
+    wandb: bool = False
+    """Log to Weights & Biases from rank 0 (pip install 'dtrain[wandb]'; WANDB_MODE=offline works).
+    The run id is kept in <output_dir>/wandb_run_id, so a restarted or requeued job resumes the same run."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to <output_dir>/tensorboard."""
+    project: str = "dtrain"
+    """wandb project."""
+    entity: str | None = None
+    """wandb entity (team or user); None: your default."""
+    run_name: str | None = None
+    """Run name in wandb (None: the output_dir's name)."""
+    tags: list[str] = field(default_factory=list)
+    """wandb tags."""
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    """auto: a progress bar when stdout is a terminal, plain lines every log_every steps when it is not
+    (Slurm logs, pipes)."""
+
+
+@dataclass(kw_only=True)
+class ProfileConfig:
+    """torch.profiler trace of a few optimizer steps into <output_dir>/profile/."""
+
+    start: int | None = None
+    """First optimizer step to record (None: no profiling). Skip a few: the first steps are warm-up."""
+    steps: int = 3
+    """Optimizer steps recorded."""
+    ranks: list[int] = field(default_factory=lambda: [0])
+    """Ranks that record a trace."""
+
+    def check(self) -> list[str]:
+        bad = []
+        if self.start is not None and self.start < 1:
+            bad.append(f"profile.start: must be >= 1 (optimizer steps count from 1), got {self.start}")
+        if self.steps < 1:
+            bad.append(f"profile.steps: must be >= 1, got {self.steps}")
+        return bad
+
+
+@dataclass(kw_only=True)
 class FaultInjectionConfig:
     """Deliberate failures, for testing resume and atomicity. Leave unset in real runs."""
 
@@ -197,13 +244,15 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
     task: Any = None
     """Recipe-specific section, typed and checked by the recipe's own Config dataclass."""
 
     def check(self) -> list[str]:
         bad = []
-        for part in (self.train, self.optim, self.checkpoint, self.early_stopping, self.dist, self.task):
+        for part in (self.train, self.optim, self.checkpoint, self.early_stopping, self.dist, self.profile, self.task):
             if hasattr(part, "check"):
                 bad += part.check()
         return bad

@@ -3,12 +3,16 @@
 The handler only sets a flag (submitit's way; saving inside a handler can deadlock a collective).
 The marker file `<output_dir>/PREEMPT` is how a Slurm batch script reaches every rank on every node
 even under torchrun, which does not forward SIGUSR1. All ranks agree before anyone stops.
+
+Agreeing costs a collective, so ranks meet about once a second rather than every step: at each meeting
+rank 0 also says how many steps make a second, which fixes the next meeting's step for everyone.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +22,8 @@ from dtrain.dist import DistState, all_reduce_sum
 EXIT_PREEMPTED = 75
 """Exit code of a run that checkpointed and stopped on request (EX_TEMPFAIL): requeue me."""
 MARKER = "PREEMPT"
+CHECK_EVERY_S = 1.0
+"""About how often (seconds) the ranks agree on a stop request; a requested stop waits at most this long."""
 DONE_FILE = "PREEMPTED"
 """Written by rank 0 after the checkpoint of a requested stop: the batch script requeues on it."""
 
@@ -32,6 +38,8 @@ class StopRequest:
         self.dist = state
         self.received: str | None = None
         self._previous = {}
+        self._next_check = 0
+        self._last_check: tuple[int, float] | None = None  # (step, time) of the last meeting
         # Under torchrun, SIGTERM is the agent stopping its workers (a peer died, a restart is due):
         # that must end the process, not wait for a step boundary that will never come.
         signals = (signal.SIGUSR1,) if state.launcher == "torchrun" else (signal.SIGUSR1, signal.SIGTERM)
@@ -48,13 +56,26 @@ class StopRequest:
             self.marker.unlink(missing_ok=True)
             (self.marker.parent / DONE_FILE).unlink(missing_ok=True)
 
-    def agreed(self, device: torch.device) -> str | None:
-        """Collective: the reason to stop if any rank was asked to, else None."""
-        local = self.received or ("marker" if self.marker.exists() else None)
+    def agreed(self, device: torch.device, step: int) -> str | None:
+        """After optimizer step `step`: the reason to stop if any rank was asked to, else None.
+
+        Collective on the steps all ranks meet on (every rank calls this after every step)."""
         if not self.dist.is_distributed:
-            return local
-        flag = all_reduce_sum(torch.tensor([1.0 if local else 0.0], device=device), self.dist)
-        return (local or "another rank") if flag.item() > 0 else None
+            return self.received or ("marker" if self.marker.exists() else None)
+        if step < self._next_check:
+            return None
+        local = self.received or ("marker" if self.marker.exists() else None)
+        interval = 0.0
+        if self.dist.is_main:
+            now = time.monotonic()
+            if self._last_check is not None:
+                rate = (step - self._last_check[0]) / max(now - self._last_check[1], 1e-6)
+                interval = max(1.0, min(float(int(rate * CHECK_EVERY_S)), 1000.0))
+            self._last_check = (step, now)
+        # Only rank 0 adds an interval, so the sum is its value on every rank.
+        t = all_reduce_sum(torch.tensor([1.0 if local else 0.0, interval], device=device), self.dist).tolist()
+        self._next_check = step + max(1, int(t[1]))
+        return (local or "another rank") if t[0] > 0 else None
 
     def record_stop(self, step: int) -> None:
         if self.dist.is_main:

@@ -64,6 +64,9 @@ class Task:
     """Applied to each training batch on the device (augmentation). Random draws must use the
     global torch RNG, which checkpoints save and restore, so a resumed run sees the same draws."""
     collate_fn: Callable | None = None
+    count_tokens: Callable[[Any], int | torch.Tensor] | None = None
+    """(batch) -> tokens in it, for text: log lines then carry tokens/s. Called on the host batch before it
+    moves to the device, so a CPU tensor's sum costs no device sync (e.g. batch['attention_mask'].sum())."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Anything the recipe wants to keep (label names, tokenizer...)."""
 

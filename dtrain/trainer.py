@@ -19,7 +19,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dtrain.checkpoint import CheckpointError, CheckpointManager, restore_rng
-from dtrain.config import RunConfig, dump_yaml
+from dtrain.config import RunConfig, dump_yaml, to_dict
 from dtrain.data import (
     EvalSampler,
     TrainSampler,
@@ -31,11 +31,14 @@ from dtrain.data import (
 )
 from dtrain.dist import DistState, all_reduce_sum
 from dtrain.early_stopping import EarlyStopping
-from dtrain.loggers import MetricsLogger, truncate_after
+from dtrain.loggers import MetricsLogger
+from dtrain.metrics import StepMetrics, count_tokens, default_peak_flops
 from dtrain.nonfinite import NonFiniteGuard
 from dtrain.preemption import Preempted, StopRequest
+from dtrain.redact import redact
 from dtrain.optim import build_optimizer, build_scheduler
 from dtrain.precision import Precision
+from dtrain.profiling import StepProfiler
 from dtrain.recipe import Task
 from dtrain.watchdog import Watchdog
 
@@ -100,13 +103,15 @@ class Trainer:
 
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main)
+        self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main, logging_cfg=cfg.logging,
+                                    run_config=redact(to_dict(cfg)), total_steps=self.total_steps)
+        self.metrics = StepMetrics(self.device, dist.world_size,
+                                   tc.peak_flops or default_peak_flops(self.device, self.precision.mode))
+        self.profiler = StepProfiler(cfg.profile, self.run_dir, dist, log=self.logger.info)
         self.stop_request = StopRequest(self.run_dir, dist)
         self.guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_in_a_row, self.run_dir, dist)
         self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s)
         self._window_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss*n, n
-        self._log_time = time.perf_counter()
-        self._log_samples = 0
 
     # ================================================================== the loop
     def fit(self) -> dict[str, float]:
@@ -121,7 +126,8 @@ class Trainer:
                 sizes = micro_batch_sizes(self.sampler.per_rank(), tc.batch_size)[self.batch_in_epoch :]
                 batches = iter(self.loader)
                 for window in accumulation_windows(sizes, tc.grad_accum_steps):
-                    self._train_step(batches, window)
+                    with self.profiler.step(self.step + 1):
+                        self._train_step(batches, window)
                     self._after_step(window)
                     if self.step >= self.total_steps or self.stopped_early:
                         break
@@ -130,6 +136,7 @@ class Trainer:
                 self.test()
             return self.last_eval
         finally:
+            self.profiler.close(self.step)
             self.watchdog.stop()
             self.stop_request.done()
             self.logger.close()
@@ -140,33 +147,40 @@ class Trainer:
         step, fi, beat = self.step + 1, self.cfg.fault_injection, self.watchdog.beat
         window_samples = sum(window)
         step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i, n in enumerate(window):
-            beat(step, i, "data")
-            batch = move_to(next(batches), self.device)
-            if self.task.train_transform is not None:
-                batch = self.task.train_transform(batch)
-            assert batch_len(batch) == n, f"expected a micro-batch of {n}, got {batch_len(batch)}"
-            beat(step, i, "forward")
-            if fi.hang_at_step == step and fi.hang_rank == self.dist.rank and i == 0:
-                time.sleep(3600)  # fault injection: a rank that never reaches the collective
-            # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
-            # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
-            last = i == len(window) - 1
-            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-            with sync:
-                with self.precision.autocast():
-                    outputs = self.task.forward(self.train_model, batch)
-                    loss = self.task.loss_fn(outputs, batch)
-                if step in fi.nan_loss_at_steps and fi.nan_rank == self.dist.rank:
-                    loss = loss * float("nan")  # fault injection
-                beat(step, i, "backward")
-                # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
-                # the summed gradient the mean over the whole window, also for a short last window.
-                # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
-                self.precision.backward(loss * (n / window_samples))
-            step_loss += loss.detach().double() * n
-            self._window_loss[0] += loss.detach().double() * n
-            self._window_loss[1] += n
+        tokens = 0
+        # The first step's forward and backward FLOPs are counted once (a no-op on later steps).
+        with self.metrics.count_flops(window_samples):
+            for i, n in enumerate(window):
+                beat(step, i, "data")
+                with self.metrics.data_wait():
+                    batch = next(batches)
+                tokens += count_tokens(self.task, batch)
+                batch = move_to(batch, self.device)
+                if self.task.train_transform is not None:
+                    batch = self.task.train_transform(batch)
+                assert batch_len(batch) == n, f"expected a micro-batch of {n}, got {batch_len(batch)}"
+                beat(step, i, "forward")
+                if fi.hang_at_step == step and fi.hang_rank == self.dist.rank and i == 0:
+                    time.sleep(3600)  # fault injection: a rank that never reaches the collective
+                # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
+                # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
+                last = i == len(window) - 1
+                sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+                with sync:
+                    with self.precision.autocast():
+                        outputs = self.task.forward(self.train_model, batch)
+                        loss = self.task.loss_fn(outputs, batch)
+                    if step in fi.nan_loss_at_steps and fi.nan_rank == self.dist.rank:
+                        loss = loss * float("nan")  # fault injection
+                    beat(step, i, "backward")
+                    # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
+                    # the summed gradient the mean over the whole window, also for a short last window.
+                    # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
+                    self.precision.backward(loss * (n / window_samples))
+                step_loss += loss.detach().double() * n
+                self._window_loss[0] += loss.detach().double() * n
+                self._window_loss[1] += n
+        self.metrics.add(window_samples, tokens)
 
         beat(step, len(window), "optimizer")
         self.precision.unscale_(self.optimizer)
@@ -191,12 +205,12 @@ class Trainer:
         cc, tc = self.cfg.checkpoint, self.cfg.train
         self.step += 1
         self.batch_in_epoch += len(window)
-        self._log_samples += sum(window) * self.dist.world_size  # every rank draws the same sizes
         epoch_end = self.batch_in_epoch == self.batches_per_epoch
         if epoch_end:
             self.epoch += 1
             self.batch_in_epoch = 0
         last = self.step >= self.total_steps
+        self.logger.tick(self.step)
         if self.step % tc.log_every == 0 or last:
             self.watchdog.beat(self.step, 0, "log")
             self._log_train()
@@ -224,7 +238,7 @@ class Trainer:
             if improved:
                 self.ckpt.mark_best(path, cc.best_metric, self.best_value, self.step)
 
-        reason = None if last else self.stop_request.agreed(self.device)
+        reason = None if last else self.stop_request.agreed(self.device, self.step)
         if reason:
             if self.last_saved_step != self.step:
                 self.save_checkpoint()
@@ -315,21 +329,14 @@ class Trainer:
     def _log_train(self) -> None:
         totals = all_reduce_sum(self._window_loss.clone(), self.dist)
         loss = (totals[0] / totals[1].clamp(min=1)).item()
-        elapsed = time.perf_counter() - self._log_time
-        record = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "loss": loss,
-            "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": self._log_samples / max(elapsed, 1e-9),
-        }
-        if self.guard.skipped:
-            record["nonfinite_skipped"] = self.guard.skipped
+        record = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
         if self._grad_norm is not None:
             record["grad_norm"] = self._grad_norm.item()
+        record.update(self.metrics.snapshot())  # after the syncs above: the interval's time is complete
+        if self.guard.skipped:
+            record["nonfinite_skipped"] = self.guard.skipped
         self.logger.log(record)
         self._window_loss.zero_()
-        self._log_time, self._log_samples = time.perf_counter(), 0
 
     # ================================================================== checkpoints
     def state_dict(self) -> dict:
@@ -412,8 +419,7 @@ class Trainer:
         self.last_saved_step = self.step
         # Last: nothing may draw random numbers between this and the next training step.
         restore_rng(loaded.rng)
-        if self.dist.is_main:
-            truncate_after(self.logger.path, self.step)
+        self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
 

@@ -138,6 +138,7 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         eval_stats=lambda logits, batch: {"confusion": confusion(logits, batch["labels"], k)},
         summarize=lambda sums: report(sums["confusion"], tickets.names),
         collate_fn=PadCollate(tokenizer.pad_token_id),
+        count_tokens=lambda batch: batch["attention_mask"].sum(),
         extras={"labels": tickets.names, "tokenizer": tokenizer, "model_dir": model_dir},
     )
 

@@ -1,0 +1,119 @@
+"""What a log line says about speed and cost: samples/s, tokens/s, achieved TFLOP/s and MFU, peak memory,
+and the fraction of the time spent waiting for data.
+
+Cheap by design: per step only host-side clocks and integer counters are touched (no device sync);
+device values are read at log intervals, when the loss all-reduce syncs anyway. FLOPs are counted
+once, with `torch.utils.flop_counter` around the first optimizer step this process runs, and scaled
+by the samples (or tokens) of later steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import time
+from typing import Iterator
+
+import torch
+
+# Dense (no sparsity) peak FLOP/s per device for bf16/fp16 tensor cores, by a substring of the CUDA device
+# name; fp32 runs count TF32, half of that. From the vendors' data sheets (SXM parts where both exist).
+PEAK_FLOPS_BF16 = {
+    "B200": 2.25e15,
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "A10": 125e12,
+    "V100": 125e12,
+}
+
+
+def default_peak_flops(device: torch.device, precision: str) -> float | None:
+    """The table's peak for this GPU, or None (CPU, unknown GPU): MFU is then left out of log lines."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_FLOPS_BF16.items():
+        if key in name:
+            return peak if precision in ("bf16", "fp16") else peak / 2
+    return None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the most memory tensors have held on this device. CPU: the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StepMetrics:
+    """Accumulates one log interval; `snapshot()` turns it into the numbers of a log line and starts the next."""
+
+    def __init__(self, device: torch.device, world_size: int, peak_flops: float | None):
+        self.device, self.world_size, self.peak_flops = device, world_size, peak_flops
+        self.flops_per_sample: float | None = None  # of one rank's forward + backward, from the first step
+        self._counted = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start = time.perf_counter()
+        self._wait = 0.0
+        self._samples = 0  # this rank's
+        self._tokens = 0
+
+    @contextlib.contextmanager
+    def data_wait(self) -> Iterator[None]:
+        """Around fetching a batch: time the loop spent waiting for the DataLoader."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._wait += time.perf_counter() - t
+
+    @contextlib.contextmanager
+    def count_flops(self, samples: int) -> Iterator[None]:
+        """Around the forward and backward passes of one optimizer step; counts only the first time."""
+        if self._counted:
+            yield
+            return
+        self._counted = True
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield
+        flops = counter.get_total_flops()
+        # A compiled graph can hide its ops from the counter: then report no FLOPs rather than wrong ones.
+        self.flops_per_sample = flops / samples if flops > 0 and samples > 0 else None
+
+    def add(self, samples: int, tokens: int = 0) -> None:
+        """After each optimizer step: this rank's samples (and tokens) of the step."""
+        self._samples += samples
+        self._tokens += tokens
+
+    def snapshot(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        out = {"samples_per_s": self._samples * self.world_size / elapsed}
+        if self._tokens:
+            out["tokens_per_s"] = self._tokens * self.world_size / elapsed
+        if self.flops_per_sample is not None:
+            achieved = self.flops_per_sample * self._samples / elapsed  # per device
+            out["tflops"] = achieved / 1e12
+            if self.peak_flops:
+                out["mfu"] = achieved / self.peak_flops
+        out["data_wait"] = self._wait / elapsed
+        out["peak_mem_mb"] = peak_memory_mb(self.device)
+        self._reset()
+        return out
+
+
+def count_tokens(task, batch) -> int:
+    """The recipe's `count_tokens(batch)` as a host int (0 when the recipe has none), before the batch moves."""
+    if task.count_tokens is None:
+        return 0
+    n = task.count_tokens(batch)
+    return int(n.item()) if isinstance(n, torch.Tensor) else int(n)
