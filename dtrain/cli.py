@@ -157,6 +157,28 @@ def cmd_slurm_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dtrain.plot import plot_runs
+
+    runs = [Path(d) for d in args.run_dirs]
+    out = Path(args.out) if args.out else (runs[0] / "plots" if len(runs) == 1 else Path("plots"))
+    for path in plot_runs(runs, out):
+        print(path)
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from dtrain.envinfo import collect, render
+
+    info = collect()
+    print(json.dumps(info, indent=1) if args.json else render(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dtrain", description="Distributed training: one YAML, any launcher.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -220,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(fn=cmd_slurm_submit)
     se = slsub.add_parser("env", help="nodes, tasks and GPUs of the Slurm allocation this runs in")
     se.set_defaults(fn=cmd_slurm_env)
+
+    pl = sub.add_parser("plot", help="PNGs of loss, lr and evaluation metrics against step (several runs: compared)")
+    pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
+    pl.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run, ./plots for several)")
+    pl.set_defaults(fn=cmd_plot)
+
+    en = sub.add_parser("env", help="versions, GPUs and distributed environment variables, for bug reports")
+    en.add_argument("--json", action="store_true", help="machine-readable output")
+    en.set_defaults(fn=cmd_env)
     return p
 
 

@@ -6,7 +6,9 @@ them (imported only then). The console is a progress bar or plain lines (dtrain/
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -27,13 +29,10 @@ class WandbSink:
     job (same output_dir) resumes the same run instead of starting a new one."""
 
     def __init__(self, run_dir: Path, cfg, config: dict):
-        try:
-            import wandb
-        except ImportError:
-            raise RuntimeError("logging.wandb=true needs wandb: pip install 'dtrain[wandb]', "
-                               "or set logging.wandb=false") from None
+        import wandb
+
         id_file = run_dir / WANDB_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(6)
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, name=cfg.run_name or run_dir.resolve().name,
@@ -84,6 +83,12 @@ class MetricsLogger:
         self._file = None  # opened on first write, after a resume has truncated the file
         self._sinks: list | None = None  # opened on first write too (wandb takes seconds to start)
         self._resumed_at: int | None = None
+        if enabled and logging_cfg is not None:
+            # Sinks open at the first record; a missing package should stop the run before training, not then.
+            for on, module, extra in ((logging_cfg.wandb, "wandb", "wandb"), (logging_cfg.tensorboard, "tensorboard", "tensorboard")):
+                if on and importlib.util.find_spec(module) is None:
+                    raise RuntimeError(f"logging.{module}=true needs the {module} package: "
+                                       f"pip install 'dtrain[{extra}]', or set logging.{module}=false")
 
     def _open_sinks(self) -> list:
         sinks = []

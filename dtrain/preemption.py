@@ -33,7 +33,9 @@ class Preempted(RuntimeError):
 
 
 class StopRequest:
-    def __init__(self, run_dir: Path, state: DistState):
+    def __init__(self, run_dir: Path, state: DistState, check_every_s: float = CHECK_EVERY_S):
+        self.check_every_s = check_every_s
+        self.meetings = 0
         self.marker = Path(run_dir) / MARKER
         self.dist = state
         self.received: str | None = None
@@ -70,11 +72,12 @@ class StopRequest:
             now = time.monotonic()
             if self._last_check is not None:
                 rate = (step - self._last_check[0]) / max(now - self._last_check[1], 1e-6)
-                interval = max(1.0, min(float(int(rate * CHECK_EVERY_S)), 1000.0))
+                interval = max(1.0, min(float(int(rate * self.check_every_s)), 1000.0))
             self._last_check = (step, now)
         # Only rank 0 adds an interval, so the sum is its value on every rank.
         t = all_reduce_sum(torch.tensor([1.0 if local else 0.0, interval], device=device), self.dist).tolist()
         self._next_check = step + max(1, int(t[1]))
+        self.meetings += 1
         return (local or "another rank") if t[0] > 0 else None
 
     def record_stop(self, step: int) -> None:

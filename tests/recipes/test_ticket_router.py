@@ -93,6 +93,10 @@ def test_train_export_predict_end_to_end(tmp_path, tiny_model):
     split_rec = json.loads((out / "split.json").read_text())
     assert split_rec["sha256"] == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
     assert sum(sum(c.values()) for c in split_rec["counts"].values()) == len(load_tickets(SHIPPED).texts)
+    # Text recipes count tokens: every train line has tokens/s, between 2 (CLS + SEP) and max_length per sample.
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    assert train and all(2 * r["samples_per_s"] <= r["tokens_per_s"] <= 32 * r["samples_per_s"] for r in train)
     report_ = json.loads((out / "test_report.json").read_text())
     assert {"macro_f1", "accuracy", "per_class", "confusion_matrix", "test_loss", "checkpoint"} <= set(report_)
     assert sum(map(sum, report_["confusion_matrix"])) == sum(split_rec["counts"]["test"].values())

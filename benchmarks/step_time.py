@@ -1,0 +1,386 @@
+"""Step time of the same workload under a hand-written PyTorch DDP loop, dtrain, Accelerate and Lightning.
+
+    python benchmarks/step_time.py                       # both workloads, 5 rounds, 2 ranks (GPUs if any)
+    python benchmarks/step_time.py --workload mlp --rounds 7 --out benchmarks/results/step_time_HOST_DATE.md
+
+Each (round, variant) is its own torchrun job of `--nproc` ranks; variants are interleaved
+(raw dtrain accelerate lightning raw dtrain ...) so drift on a shared machine hits all alike. Every
+variant trains the same model from the same seed on the same data with the same global batch,
+AdamW, warmup + cosine LR, grad clipping at 1.0, and all-reduces the loss for a log line every
+`--log-every` steps; each records the time at those log points, and the step time is the time from
+the first log point after warm-up to the last one, divided by the steps between. The report gives
+the median over rounds, its ratio to the raw loop's median, and the median of the per-round ratios.
+
+Workloads: `mlp` (recipes/mlp, small: overhead-bound) and `ticket_router` (MiniLM-L6 encoder,
+compute-bound; batches padded to max_length so every variant does the same arithmetic whatever
+order its sampler draws). Peers missing from the environment (pip install -e '.[bench]') are skipped
+and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("raw", "dtrain", "accelerate", "lightning")
+PEER_PACKAGE = {"accelerate": "accelerate", "lightning": "lightning"}
+
+WORKLOADS = {
+    # steps, warm-up steps, micro-batch per rank, lr, recipe's task section
+    "mlp": dict(steps=300, warmup=50, batch=32, lr=1e-3,
+                task={"num_train": 32768, "num_val": 0, "in_dim": 32, "hidden": 256, "depth": 3}),
+    "ticket_router": dict(steps=20, warmup=4, batch=16, lr=1e-4,
+                          task={"max_length": 64}),
+}
+
+
+# ============================================================================ the workload, shared by all
+
+
+def build_task(workload: str, rank: int, world: int):
+    """The recipe's Task (model, data, loss), built the same way in every variant."""
+    import torch
+
+    from dtrain.checkpoint import seed_everything
+    from dtrain.config import build_dataclass
+    from dtrain.dist import DistState
+    from dtrain.recipe import BuildContext, resolve_recipe
+
+    recipe = resolve_recipe(workload)
+    problems: list[str] = []
+    cfg = build_dataclass(recipe.Config, WORKLOADS[workload]["task"], "task.", problems)
+    assert not problems, problems
+    seed_everything(0)
+    ds = DistState(rank, world, rank, world, torch.device("cpu"), "torchrun")
+    task = recipe.build(cfg, BuildContext(dist=ds, seed=0, output_dir=Path(tempfile.mkdtemp(prefix="bench-"))))
+    if workload == "ticket_router":
+        task.collate_fn = FixedPad(task.collate_fn.pad_id, cfg.max_length)
+    return task
+
+
+class FixedPad:
+    """Pad every batch to max_length: the same FLOPs per step whichever tickets a sampler draws."""
+
+    def __init__(self, pad_id: int, length: int):
+        self.pad_id, self.length = pad_id, length
+
+    def __call__(self, items):
+        import torch
+
+        ids = torch.full((len(items), self.length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), self.length), dtype=torch.long)
+        for row, (tokens, _) in enumerate(items):
+            ids[row, : len(tokens)] = torch.tensor(tokens[: self.length])
+            mask[row, : len(tokens)] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([label for _, label in items])}
+
+
+def lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return f
+
+
+def device_of(local_rank: int):
+    import torch
+
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+class Clock:
+    """Time at each log point (after the loss all-reduce has synchronised the ranks)."""
+
+    def __init__(self):
+        self.points: list[tuple[int, float, float]] = []
+
+    def mark(self, step: int) -> None:
+        self.points.append((step, time.perf_counter(), time.time()))
+
+
+# ============================================================================ the four variants
+
+
+def run_raw(workload: str, spec: dict, clock: Clock) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    device = device_of(local)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    task = build_task(workload, rank, world)
+    model = task.model.to(device)
+    ddp = DDP(model, device_ids=[local] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec["steps"], 5))
+    sampler = DistributedSampler(task.train_data, num_replicas=world, rank=rank, seed=0, drop_last=True)
+    loader = DataLoader(task.train_data, batch_size=spec["batch"], sampler=sampler, collate_fn=task.collate_fn,
+                        drop_last=True)
+    step, window = 0, torch.zeros((), device=device)
+    for batch in loader:
+        batch = move(batch, device)
+        loss = task.loss_fn(task.forward(ddp, batch), batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        window += loss.detach()
+        step += 1
+        if step % spec["log_every"] == 0:
+            dist.all_reduce(window)
+            _ = window.item()
+            window.zero_()
+            clock.mark(step)
+        if step == spec["steps"]:
+            break
+    dist.destroy_process_group()
+
+
+def run_dtrain(workload: str, spec: dict, clock: Clock, run_dir: str) -> None:
+    from dtrain.checkpoint import seed_everything
+    from dtrain.config import load_config
+    from dtrain.dist import distributed
+    from dtrain.trainer import Trainer
+
+    raw = {"recipe": workload, "output_dir": run_dir, "seed": 0, "task": WORKLOADS[workload]["task"],
+           "train": {"max_steps": spec["steps"], "batch_size": spec["batch"], "log_every": spec["log_every"],
+                     "grad_clip": 1.0, "precision": "fp32", "num_workers": 0},
+           "optim": {"lr": spec["lr"], "warmup_steps": 5, "schedule": "cosine"},
+           "checkpoint": {"every_epoch": False, "resume": "none"}}
+    cfg = load_config(None, raw=raw)
+    with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
+        task = build_task(workload, ds.rank, ds.world_size)
+        seed_everything(ds.rank)
+        trainer = Trainer(cfg, ds, task)
+        log = trainer.logger.log
+
+        def timed_log(record, kind="train"):
+            if kind == "train":
+                clock.mark(record["step"])
+            log(record, kind)
+
+        trainer.logger.log = timed_log  # only to read the clock at the same points as the others
+        trainer.val_loader = trainer.test_loader = None  # no evaluation: the loops compared have none
+        trainer.fit()
+
+
+def run_accelerate(workload: str, spec: dict, clock: Clock) -> None:
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    task = build_task(workload, acc.process_index, acc.num_processes)
+    opt = torch.optim.AdamW(task.model.parameters(), lr=spec["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec["steps"], 5))
+    loader = DataLoader(task.train_data, batch_size=spec["batch"], shuffle=True, collate_fn=task.collate_fn,
+                        drop_last=True, generator=torch.Generator().manual_seed(0))
+    model, opt, loader, sched = acc.prepare(task.model, opt, loader, sched)
+    step, window = 0, torch.zeros((), device=acc.device)
+    for batch in loader:
+        loss = task.loss_fn(task.forward(model, batch), batch)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        window += loss.detach()
+        step += 1
+        if step % spec["log_every"] == 0:
+            _ = acc.reduce(window, "sum").item()
+            window.zero_()
+            clock.mark(step)
+        if step == spec["steps"]:
+            break
+    acc.end_training()
+
+
+def run_lightning(workload: str, spec: dict, clock: Clock) -> None:
+    import lightning as L
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    world = int(os.environ["WORLD_SIZE"])
+    task = build_task(workload, int(os.environ["RANK"]), world)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = task.model
+            self.window = None
+
+        def training_step(self, batch, batch_idx):
+            loss = task.loss_fn(task.forward(self.model, batch), batch)
+            self.window = loss.detach() if self.window is None else self.window + loss.detach()
+            return loss
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            step = self.trainer.global_step
+            if step % spec["log_every"] == 0:
+                dist.all_reduce(self.window)
+                _ = self.window.item()
+                self.window = None
+                clock.mark(step)
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.model.parameters(), lr=spec["lr"])
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec["steps"], 5))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    loader = DataLoader(task.train_data, batch_size=spec["batch"], shuffle=True, collate_fn=task.collate_fn,
+                        drop_last=True)
+    gpu = torch.cuda.is_available()
+    trainer = L.Trainer(
+        accelerator="gpu" if gpu else "cpu", devices=int(os.environ["LOCAL_WORLD_SIZE"]), strategy="ddp",
+        max_steps=spec["steps"], gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, precision="32-true",
+    )
+    trainer.fit(Module(), loader)
+
+
+def move(batch, device):
+    if isinstance(batch, dict):
+        return {k: v.to(device) for k, v in batch.items()}
+    return [t.to(device) for t in batch]
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    spec = {**WORKLOADS[args.workload], "log_every": args.log_every}
+    spec["steps"] = args.steps or spec["steps"]
+    clock = Clock()
+    if args.worker == "raw":
+        run_raw(args.workload, spec, clock)
+    elif args.worker == "dtrain":
+        run_dtrain(args.workload, spec, clock, args.run_dir)
+    elif args.worker == "accelerate":
+        run_accelerate(args.workload, spec, clock)
+    else:
+        run_lightning(args.workload, spec, clock)
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(args.result).write_text(json.dumps({"points": clock.points}))
+
+
+# ============================================================================ the orchestrator
+
+
+def step_time(points: list, warmup: int) -> float:
+    after = [p for p in points if p[0] >= warmup]
+    (s0, t0, _), (s1, t1, _) = after[0], after[-1]
+    return (t1 - t0) / (s1 - s0)
+
+
+def run_one(variant: str, workload: str, nproc: int, log_every: int, steps: int | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp:
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               __file__, "--worker", variant, "--workload", workload, "--result", str(result),
+               "--run-dir", str(Path(tmp) / "run"), "--log-every", str(log_every)]
+        if steps:
+            cmd += ["--steps", str(steps)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
+        if not any(k == "OMP_NUM_THREADS" for k in os.environ):
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // nproc))
+        t = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not result.is_file():
+            raise RuntimeError(f"{variant}/{workload} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        out = json.loads(result.read_text())
+        out["wall_s"] = time.time() - t
+        return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--nproc", type=int, default=None, help="ranks (default: GPUs, else 2)")
+    p.add_argument("--steps", type=int, default=None, help="override the workload's step count")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--out", help="write the markdown report here too")
+    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    import torch
+
+    nproc = args.nproc or (torch.cuda.device_count() if torch.cuda.is_available() else 2)
+    variants = [v for v in args.variants.split(",") if v]
+    missing = [v for v in variants if v in PEER_PACKAGE and importlib.util.find_spec(PEER_PACKAGE[v]) is None]
+    variants = [v for v in variants if v not in missing]
+    workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    lines = [f"# Step time: raw DDP loop vs dtrain vs peers", "",
+             f"{datetime.date.today()}, {machine()}; {nproc} ranks "
+             f"({'NCCL' if torch.cuda.is_available() else 'gloo'}), {args.rounds} interleaved rounds.", ""]
+    if missing:
+        lines += [f"Not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]').", ""]
+    for workload in workloads:
+        spec = WORKLOADS[workload]
+        steps = args.steps or spec["steps"]
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for r in range(args.rounds):
+            for v in variants:
+                out = run_one(v, workload, nproc, args.log_every, args.steps)
+                times[v].append(step_time(out["points"], spec["warmup"]))
+                print(f"{workload} round {r + 1} {v}: {times[v][-1] * 1e3:.2f} ms/step ({out['wall_s']:.1f} s wall)",
+                      flush=True)
+        raw = statistics.median(times["raw"]) if "raw" in times else None
+        global_batch = spec["batch"] * nproc
+        lines += [f"## {workload}: {steps} steps (first {spec['warmup']} not timed), global batch {global_batch}", "",
+                  "| variant | median ms/step | ratio to raw (medians) | median per-round ratio | per-round ms |",
+                  "| --- | --- | --- | --- | --- |"]
+        for v in variants:
+            med = statistics.median(times[v])
+            ratio = f"{med / raw:.3f}" if raw else "-"
+            paired = f"{statistics.median(t / r for t, r in zip(times[v], times['raw'])):.3f}" if raw else "-"
+            rounds = ", ".join(f"{t * 1e3:.2f}" for t in times[v])
+            lines.append(f"| {v} | {med * 1e3:.2f} | {ratio} | {paired} | {rounds} |")
+        lines.append("")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
