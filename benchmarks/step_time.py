@@ -7,9 +7,9 @@ Each (round, variant) is its own torchrun job of `--nproc` ranks; variants are i
 (raw dtrain accelerate lightning raw dtrain ...) so drift on a shared machine hits all alike. Every
 variant trains the same model from the same seed on the same data with the same global batch,
 AdamW, warmup + cosine LR, grad clipping at 1.0, and all-reduces the loss for a log line every
-`--log-every` steps; each records the time at those log points, and the step time is the time from
-the first log point after warm-up to the last one, divided by the steps between. The report gives
-the median over rounds, its ratio to the raw loop's median, and the median of the per-round ratios.
+`--log-every` steps; each records the time at those log points, and a run's step time is the median
+over its log intervals after warm-up of the interval's time per step. The report gives the median
+over rounds, its ratio to the raw loop's median, and the median of the per-round ratios.
 
 Workloads: `mlp` (recipes/mlp, small: overhead-bound) and `ticket_router` (MiniLM-L6 encoder,
 compute-bound; batches padded to max_length so every variant does the same arithmetic whatever
@@ -38,11 +38,11 @@ VARIANTS = ("raw", "dtrain", "accelerate", "lightning")
 PEER_PACKAGE = {"accelerate": "accelerate", "lightning": "lightning"}
 
 WORKLOADS = {
-    # steps, warm-up steps, micro-batch per rank, lr, recipe's task section
-    "mlp": dict(steps=300, warmup=50, batch=32, lr=1e-3,
+    # steps, warm-up steps, steps between log lines, micro-batch per rank, lr, recipe's task section
+    "mlp": dict(steps=300, warmup=50, log_every=10, batch=32, lr=1e-3,
                 task={"num_train": 32768, "num_val": 0, "in_dim": 32, "hidden": 256, "depth": 3}),
-    "ticket_router": dict(steps=20, warmup=4, batch=16, lr=1e-4,
-                          task={"max_length": 64}),
+    "ticket_router": dict(steps=12, warmup=3, log_every=1, batch=16, lr=1e-4,
+                          task={"max_length": 32}),
 }
 
 
@@ -267,7 +267,8 @@ def worker(args) -> None:
     import torch
 
     torch.manual_seed(0)
-    spec = {**WORKLOADS[args.workload], "log_every": args.log_every}
+    spec = dict(WORKLOADS[args.workload])
+    spec["log_every"] = args.log_every or spec["log_every"]
     spec["steps"] = args.steps or spec["steps"]
     clock = Clock()
     if args.worker == "raw":
@@ -286,17 +287,20 @@ def worker(args) -> None:
 
 
 def step_time(points: list, warmup: int) -> float:
+    """Median over the log intervals after warm-up of (interval time / its steps): a stall caused by another
+    process on a shared machine moves one interval, not the result."""
     after = [p for p in points if p[0] >= warmup]
-    (s0, t0, _), (s1, t1, _) = after[0], after[-1]
-    return (t1 - t0) / (s1 - s0)
+    return statistics.median((t1 - t0) / (s1 - s0) for (s0, t0, _), (s1, t1, _) in zip(after, after[1:]))
 
 
-def run_one(variant: str, workload: str, nproc: int, log_every: int, steps: int | None) -> dict:
+def run_one(variant: str, workload: str, nproc: int, log_every: int | None, steps: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                __file__, "--worker", variant, "--workload", workload, "--result", str(result),
-               "--run-dir", str(Path(tmp) / "run"), "--log-every", str(log_every)]
+               "--run-dir", str(Path(tmp) / "run")]
+        if log_every:
+            cmd += ["--log-every", str(log_every)]
         if steps:
             cmd += ["--steps", str(steps)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
@@ -333,7 +337,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--nproc", type=int, default=None, help="ranks (default: GPUs, else 2)")
     p.add_argument("--steps", type=int, default=None, help="override the workload's step count")
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--log-every", type=int, default=None, help="override the workload's steps between log lines")
     p.add_argument("--out", help="write the markdown report here too")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

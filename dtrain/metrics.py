@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -61,26 +61,29 @@ class StepMetrics:
 
     def _reset(self) -> None:
         self._start = time.perf_counter()
-        self._wait = 0.0
+        self.wait_s = 0.0
+        """Seconds the loop waited for the DataLoader (the trainer adds to it around `next(batches)`)."""
         self._samples = 0  # this rank's
         self._tokens = 0
 
     @contextlib.contextmanager
     def data_wait(self) -> Iterator[None]:
-        """Around fetching a batch: time the loop spent waiting for the DataLoader."""
+        """Around fetching a batch (the trainer inlines this: a generator context costs microseconds a step)."""
         t = time.perf_counter()
         try:
             yield
         finally:
-            self._wait += time.perf_counter() - t
+            self.wait_s += time.perf_counter() - t
 
-    @contextlib.contextmanager
-    def count_flops(self, samples: int) -> Iterator[None]:
+    def count_flops(self, samples: int) -> ContextManager:
         """Around the forward and backward passes of one optimizer step; counts only the first time."""
         if self._counted:
-            yield
-            return
+            return contextlib.nullcontext()
         self._counted = True
+        return self._count(samples)
+
+    @contextlib.contextmanager
+    def _count(self, samples: int) -> Iterator[None]:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
@@ -105,7 +108,7 @@ class StepMetrics:
             out["tflops"] = achieved / 1e12
             if self.peak_flops:
                 out["mfu"] = achieved / self.peak_flops
-        out["data_wait"] = self._wait / elapsed
+        out["data_wait"] = self.wait_s / elapsed
         out["peak_mem_mb"] = peak_memory_mb(self.device)
         self._reset()
         return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 
@@ -24,12 +24,12 @@ class StepProfiler:
         self._prof = None
         self._first = None
 
-    @contextlib.contextmanager
-    def step(self, step: int) -> Iterator[None]:
+    def step(self, step: int) -> ContextManager:
         """Around optimizer step `step` (counted from 1)."""
-        if not self.enabled:
-            yield
-            return
+        return self._step(step) if self.enabled else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _step(self, step: int) -> Iterator[None]:
         if self._prof is None and self.start <= step < self.start + self.steps:
             # From `start`, or from the first step of a run resumed inside the window.
             activities = [torch.profiler.ProfilerActivity.CPU]

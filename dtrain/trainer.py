@@ -111,7 +111,9 @@ class Trainer:
         self.stop_request = StopRequest(self.run_dir, dist)
         self.guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_in_a_row, self.run_dir, dist)
         self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s)
-        self._window_loss = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss*n, n
+        # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
+        self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._window_n = 0
 
     # ================================================================== the loop
     def fit(self) -> dict[str, float]:
@@ -121,6 +123,7 @@ class Trainer:
             self.watchdog.start()
             self._start()
             tc = self.cfg.train
+            self.train_model.train()
             while self.step < self.total_steps and not self.stopped_early:
                 self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * tc.batch_size)
                 sizes = micro_batch_sizes(self.sampler.per_rank(), tc.batch_size)[self.batch_in_epoch :]
@@ -143,17 +146,19 @@ class Trainer:
 
     def _train_step(self, batches: Iterator, window: list[int]) -> None:
         """One optimizer step over a window of micro-batches (gradient accumulation)."""
-        self.train_model.train()
+        if not self.model.training:  # after an evaluation; train() walks every module, so not every step
+            self.train_model.train()
         step, fi, beat = self.step + 1, self.cfg.fault_injection, self.watchdog.beat
         window_samples = sum(window)
-        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        parts = []  # loss * n per micro-batch: few small tensor ops per step, as an overhead-bound loop needs
         tokens = 0
         # The first step's forward and backward FLOPs are counted once (a no-op on later steps).
         with self.metrics.count_flops(window_samples):
             for i, n in enumerate(window):
                 beat(step, i, "data")
-                with self.metrics.data_wait():
-                    batch = next(batches)
+                t = time.perf_counter()
+                batch = next(batches)
+                self.metrics.wait_s += time.perf_counter() - t
                 tokens += count_tokens(self.task, batch)
                 batch = move_to(batch, self.device)
                 if self.task.train_transform is not None:
@@ -177,9 +182,10 @@ class Trainer:
                     # the summed gradient the mean over the whole window, also for a short last window.
                     # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
                     self.precision.backward(loss * (n / window_samples))
-                step_loss += loss.detach().double() * n
-                self._window_loss[0] += loss.detach().double() * n
-                self._window_loss[1] += n
+                parts.append(loss.detach().double() * n)
+        step_loss = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+        self._window_loss += step_loss
+        self._window_n += window_samples
         self.metrics.add(window_samples, tokens)
 
         beat(step, len(window), "optimizer")
@@ -327,8 +333,9 @@ class Trainer:
 
     # ================================================================== logging
     def _log_train(self) -> None:
-        totals = all_reduce_sum(self._window_loss.clone(), self.dist)
-        loss = (totals[0] / totals[1].clamp(min=1)).item()
+        # Every rank draws the same micro-batch sizes, so the global sample count needs no collective.
+        total = all_reduce_sum(self._window_loss.clone(), self.dist)
+        loss = total.item() / max(1, self._window_n * self.dist.world_size)
         record = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
         if self._grad_norm is not None:
             record["grad_norm"] = self._grad_norm.item()
@@ -337,6 +344,7 @@ class Trainer:
             record["nonfinite_skipped"] = self.guard.skipped
         self.logger.log(record)
         self._window_loss.zero_()
+        self._window_n = 0
 
     # ================================================================== checkpoints
     def state_dict(self) -> dict:
