@@ -9,7 +9,8 @@ variant trains the same model from the same seed on the same data with the same 
 AdamW, warmup + cosine LR, grad clipping at 1.0, and all-reduces the loss for a log line every
 `--log-every` steps; each records the time at those log points, and a run's step time is the median
 over its log intervals after warm-up of the interval's time per step. The report gives the median
-over rounds, its ratio to the raw loop's median, and the median of the per-round ratios.
+over rounds, its ratio to the raw loop's median, and the median of the per-round ratios; and rank
+0's CPU time per step (process time: less sensitive than wall time to other processes on the host).
 
 Workloads: `mlp` (recipes/mlp, small: overhead-bound) and `ticket_router` (MiniLM-L6 encoder,
 compute-bound; batches padded to max_length so every variant does the same arithmetic whatever
@@ -67,6 +68,8 @@ def build_task(workload: str, rank: int, world: int):
     task = recipe.build(cfg, BuildContext(dist=ds, seed=0, output_dir=Path(tempfile.mkdtemp(prefix="bench-"))))
     if workload == "ticket_router":
         task.collate_fn = FixedPad(task.collate_fn.pad_id, cfg.max_length)
+    # from_pretrained returns a model in eval mode: train mode (dropout on) in every variant alike.
+    task.model.train()
     return task
 
 
@@ -106,10 +109,10 @@ class Clock:
     """Time at each log point (after the loss all-reduce has synchronised the ranks)."""
 
     def __init__(self):
-        self.points: list[tuple[int, float, float]] = []
+        self.points: list[tuple[int, float, float, float]] = []
 
     def mark(self, step: int) -> None:
-        self.points.append((step, time.perf_counter(), time.time()))
+        self.points.append((step, time.perf_counter(), time.time(), time.process_time()))
 
 
 # ============================================================================ the four variants
@@ -286,11 +289,11 @@ def worker(args) -> None:
 # ============================================================================ the orchestrator
 
 
-def step_time(points: list, warmup: int) -> float:
+def step_time(points: list, warmup: int, clock: int = 1) -> float:
     """Median over the log intervals after warm-up of (interval time / its steps): a stall caused by another
-    process on a shared machine moves one interval, not the result."""
+    process on a shared machine moves one interval, not the result. clock 1: wall time; 3: rank 0's CPU time."""
     after = [p for p in points if p[0] >= warmup]
-    return statistics.median((t1 - t0) / (s1 - s0) for (s0, t0, _), (s1, t1, _) in zip(after, after[1:]))
+    return statistics.median((b[clock] - a[clock]) / (b[0] - a[0]) for a, b in zip(after, after[1:]))
 
 
 def run_one(variant: str, workload: str, nproc: int, log_every: int | None, steps: int | None) -> dict:
@@ -362,23 +365,28 @@ def main() -> None:
         spec = WORKLOADS[workload]
         steps = args.steps or spec["steps"]
         times: dict[str, list[float]] = {v: [] for v in variants}
+        cpu: dict[str, list[float]] = {v: [] for v in variants}
         for r in range(args.rounds):
             for v in variants:
                 out = run_one(v, workload, nproc, args.log_every, args.steps)
                 times[v].append(step_time(out["points"], spec["warmup"]))
+                cpu[v].append(step_time(out["points"], spec["warmup"], clock=3))
                 print(f"{workload} round {r + 1} {v}: {times[v][-1] * 1e3:.2f} ms/step ({out['wall_s']:.1f} s wall)",
                       flush=True)
         raw = statistics.median(times["raw"]) if "raw" in times else None
         global_batch = spec["batch"] * nproc
         lines += [f"## {workload}: {steps} steps (first {spec['warmup']} not timed), global batch {global_batch}", "",
-                  "| variant | median ms/step | ratio to raw (medians) | median per-round ratio | per-round ms |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| variant | median ms/step | ratio to raw (medians) | median per-round ratio | per-round ms "
+                  "| rank 0 CPU ms/step | CPU ratio to raw |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for v in variants:
             med = statistics.median(times[v])
             ratio = f"{med / raw:.3f}" if raw else "-"
             paired = f"{statistics.median(t / r for t, r in zip(times[v], times['raw'])):.3f}" if raw else "-"
             rounds = ", ".join(f"{t * 1e3:.2f}" for t in times[v])
-            lines.append(f"| {v} | {med * 1e3:.2f} | {ratio} | {paired} | {rounds} |")
+            c = statistics.median(cpu[v])
+            cratio = f"{c / statistics.median(cpu['raw']):.3f}" if raw else "-"
+            lines.append(f"| {v} | {med * 1e3:.2f} | {ratio} | {paired} | {rounds} | {c * 1e3:.2f} | {cratio} |")
         lines.append("")
     report = "\n".join(lines)
     print(report)

@@ -129,7 +129,8 @@ class Trainer:
                 sizes = micro_batch_sizes(self.sampler.per_rank(), tc.batch_size)[self.batch_in_epoch :]
                 batches = iter(self.loader)
                 for window in accumulation_windows(sizes, tc.grad_accum_steps):
-                    with self.profiler.step(self.step + 1):
+                    # The profiler's window, and the FLOPs of the first step (counted once; a no-op after).
+                    with self.profiler.step(self.step + 1), self.metrics.count_flops(sum(window)):
                         self._train_step(batches, window)
                     self._after_step(window)
                     if self.step >= self.total_steps or self.stopped_early:
@@ -152,37 +153,35 @@ class Trainer:
         window_samples = sum(window)
         parts = []  # loss * n per micro-batch: few small tensor ops per step, as an overhead-bound loop needs
         tokens = 0
-        # The first step's forward and backward FLOPs are counted once (a no-op on later steps).
-        with self.metrics.count_flops(window_samples):
-            for i, n in enumerate(window):
-                beat(step, i, "data")
-                t = time.perf_counter()
-                batch = next(batches)
-                self.metrics.wait_s += time.perf_counter() - t
-                tokens += count_tokens(self.task, batch)
-                batch = move_to(batch, self.device)
-                if self.task.train_transform is not None:
-                    batch = self.task.train_transform(batch)
-                assert batch_len(batch) == n, f"expected a micro-batch of {n}, got {batch_len(batch)}"
-                beat(step, i, "forward")
-                if fi.hang_at_step == step and fi.hang_rank == self.dist.rank and i == 0:
-                    time.sleep(3600)  # fault injection: a rank that never reaches the collective
-                # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
-                # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
-                last = i == len(window) - 1
-                sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-                with sync:
-                    with self.precision.autocast():
-                        outputs = self.task.forward(self.train_model, batch)
-                        loss = self.task.loss_fn(outputs, batch)
-                    if step in fi.nan_loss_at_steps and fi.nan_rank == self.dist.rank:
-                        loss = loss * float("nan")  # fault injection
-                    beat(step, i, "backward")
-                    # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
-                    # the summed gradient the mean over the whole window, also for a short last window.
-                    # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
-                    self.precision.backward(loss * (n / window_samples))
-                parts.append(loss.detach().double() * n)
+        for i, n in enumerate(window):
+            beat(step, i, "data")
+            t = time.perf_counter()
+            batch = next(batches)
+            self.metrics.wait_s += time.perf_counter() - t
+            tokens += count_tokens(self.task, batch)
+            batch = move_to(batch, self.device)
+            if self.task.train_transform is not None:
+                batch = self.task.train_transform(batch)
+            assert batch_len(batch) == n, f"expected a micro-batch of {n}, got {batch_len(batch)}"
+            beat(step, i, "forward")
+            if fi.hang_at_step == step and fi.hang_rank == self.dist.rank and i == 0:
+                time.sleep(3600)  # fault injection: a rank that never reaches the collective
+            # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
+            # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
+            last = i == len(window) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    outputs = self.task.forward(self.train_model, batch)
+                    loss = self.task.loss_fn(outputs, batch)
+                if step in fi.nan_loss_at_steps and fi.nan_rank == self.dist.rank:
+                    loss = loss * float("nan")  # fault injection
+                beat(step, i, "backward")
+                # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
+                # the summed gradient the mean over the whole window, also for a short last window.
+                # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
+                self.precision.backward(loss if n == window_samples else loss * (n / window_samples))
+            parts.append(loss.detach().double() * n)
         step_loss = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
         self._window_loss += step_loss
         self._window_n += window_samples
