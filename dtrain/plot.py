@@ -14,10 +14,14 @@ TRAIN_KEYS = ("loss", "lr", "samples_per_s", "grad_norm")
 SKIP = {"step", "epoch", "time", "kind"}
 
 
+class PlotError(ValueError):
+    """Nothing to plot: a directory without metrics.jsonl, or one without train/eval records."""
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: give a run directory (the output_dir of a run)")
+        raise PlotError(f"{path} does not exist: give a run directory (the output_dir of a run)")
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -55,7 +59,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     runs = {Path(d): series(read_metrics(d)) for d in run_dirs}
     names = sorted({name for s in runs.values() for name in s})
     if not names:
-        raise ValueError(f"no train or eval records in {', '.join(str(d) for d in run_dirs)}: nothing to plot")
+        raise PlotError(f"no train or eval records in {', '.join(str(d) for d in run_dirs)}: nothing to plot")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
