@@ -64,6 +64,12 @@ class Task:
     """Applied to each training batch on the device (augmentation). Random draws must use the
     global torch RNG, which checkpoints save and restore, so a resumed run sees the same draws."""
     collate_fn: Callable | None = None
+    shard_units: Callable[[nn.Module], list[nn.Module]] | None = None
+    """strategy: fsdp only. model -> the blocks to shard one by one (`fully_shard` each, e.g. every
+    transformer layer or every ResNet stage); the root is sharded too, for the rest. Each unit's
+    parameters are gathered for its own forward/backward only, so peak memory is about one unit's full
+    parameters plus everything's shards. None: the whole model is one unit. With
+    fsdp.activation_checkpointing these are also the units whose activations are recomputed."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Anything the recipe wants to keep (label names, tokenizer...)."""
 
