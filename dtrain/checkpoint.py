@@ -277,6 +277,21 @@ class CheckpointManager:
             self.finish()
         return final
 
+    @property
+    def pending(self) -> bool:
+        """An async write is in flight (its checkpoint is not complete yet)."""
+        return self._pending is not None
+
+    def poll(self) -> None:
+        """Collective, cheap: complete the write in flight if it has ended on every rank. Called once a
+        step while a save is pending, so a checkpoint becomes complete soon after its write ends, not
+        only at the next save."""
+        if self._pending is None or self._pending.handle is None:
+            return
+        done = torch.tensor([1.0 if self._pending.handle.done() else 0.0], device=self.dist.device)
+        if all_reduce_sum(done, self.dist).item() == self.dist.world_size:
+            self.finish()
+
     def finish(self) -> Path | None:
         """Collective. Wait for the write in flight (if any), then mark it complete: hash every file,
         write meta.json, rename into place, point `latest` at it. Returns its path."""
@@ -311,6 +326,17 @@ class CheckpointManager:
                 error = exc
         self._check_all(error, pending.final, pending.tmp)
         return pending.final
+
+    def abandon(self) -> None:
+        """Wait for the write in flight to end and leave it incomplete (a run stopped by an error: its
+        last checkpoint must not be marked complete, and no thread may write into a directory a
+        resumed run will reuse)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.handle is not None:
+            try:
+                pending.handle.result()
+            except Exception:  # noqa: BLE001 - it is being discarded anyway
+                pass
 
     def _check_all(self, error: BaseException | None, final: Path, tmp: Path | None = None) -> None:
         """Every rank learns whether any rank failed; all raise the same CheckpointError if so."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,8 @@ def read_full_model(path: Path, prefix: str = "model.") -> dict[str, torch.Tenso
     }
     if not state:
         raise UnsafeCheckpointError(f"{path} holds no tensors under {prefix!r}")
-    dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(flatten_state_dict=False),
-             no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=SafeReader(str(path)), planner=SafeLoadPlanner(flatten_state_dict=False),
+                 no_dist=True)
     return {fqn[len(prefix):]: t for fqn, t in state.items()}

@@ -178,6 +178,7 @@ class Trainer:
 
     def _after_step(self, window: list[int]) -> None:
         cc, tc = self.cfg.checkpoint, self.cfg.train
+        self.ckpt.poll()  # an async save that has ended becomes complete here
         self.step += 1
         self.batch_in_epoch += len(window)
         self.sample_in_epoch += sum(window) * self.dist.world_size  # every rank draws the same sizes
@@ -240,8 +241,12 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        i, batch = -1, None
-        for i, batch in enumerate(loader or self.val_loader):
+        loader = loader or self.val_loader
+        # Sharded parameters are gathered in forward, a collective: a rank with fewer batches repeats its
+        # last one (uncounted) until every rank has run as many forward passes. Agreed before any forward.
+        extra = self.strategy.extra_eval_passes(len(loader))
+        batch = None
+        for i, batch in enumerate(loader):
             self.watchdog.beat(self.step, i, "eval")
             batch = move_to(batch, self.device)
             with self.precision.autocast():
@@ -254,9 +259,7 @@ class Trainer:
                 for k, v in self.task.eval_stats(outputs, batch).items():
                     v = v.detach().double()
                     sums[k] = sums[k] + v if k in sums else v
-        # Sharded parameters are gathered in forward, a collective: a rank with a shorter shard repeats
-        # its last batch (uncounted) until every rank has run as many forward passes.
-        for _ in range(self.strategy.extra_eval_passes(i + 1)):
+        for _ in range(extra if batch is not None else 0):
             with self.precision.autocast():
                 self.task.forward(self.model, batch)
         self.model.train()
@@ -374,7 +377,7 @@ class Trainer:
             path = self.ckpt.begin_save(self.step, self.state_dict(),
                                         lambda d: self.strategy.save_state(d, async_save), self.ckpt_format)
         self.last_saved_step = self.step
-        self.logger.info(f"checkpoint {path}")
+        self.logger.info(f"checkpoint {path}" + (" (written in the background)" if self.ckpt.pending else ""))
         return path
 
     def _load_auto(self):
@@ -447,6 +450,8 @@ class Trainer:
         self.total_steps = total
         self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total)
         self.scheduler.load_state_dict(state)
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # building the scheduler reset it to step 0's
         self.logger.info(f"world size {before} -> {self.dist.world_size}: the epoch continues at global sample "
                          f"{self.sample_in_epoch}; {total - self.step} steps left; RNG streams re-seeded per rank")
 
