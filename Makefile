@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+DEEPSPEED_VERSION ?= 0.19.8
 NPROC ?= auto
 CONFIG ?= recipes/ticket_router/config.yaml
 PYTEST_ARGS ?=
@@ -14,9 +15,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-run the install only when the dependency list changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# DeepSpeed ships as a source package whose build imports torch: no build isolation, and no ops
+	# compiled ahead (ZeRO 1/2/3 need none on CPU; CUDA ops JIT-build on first use).
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==$(DEEPSPEED_VERSION)
 	touch $@
 
 venv: $(VENV)/.installed

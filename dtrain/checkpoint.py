@@ -30,7 +30,7 @@ import random
 import re
 import shutil
 import signal
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -177,6 +177,7 @@ class CheckpointManager:
         self.dist = state
         self.keep_last = keep_last
         self._pending: _Pending | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     # ---------------------------------------------------------------- save
     def save(self, step: int, model: dict, optim: dict, train_state: dict, *, kill_midway: bool = False,
@@ -272,6 +273,12 @@ class CheckpointManager:
             error = exc
         self._check_all(error, final, tmp)
         handle = write_state(tmp / "state")
+        if handle is not None and self.dist.is_main:
+            # Hash in the background too, after the write: DCP's coordinator (rank 0) ends its save only
+            # once every rank's shard is written, so its future ending means all files are there.
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtrain-ckpt-hash")
+            handle = self._executor.submit(_wait_then_hash, handle, tmp)
         self._pending = _Pending(step, tmp, final, handle, kind)
         if handle is None:
             self.finish()
@@ -299,17 +306,19 @@ class CheckpointManager:
         if pending is None:
             return None
         error: BaseException | None = None
+        hashes = None
         if pending.handle is not None:
             try:
-                pending.handle.result()
+                hashes = pending.handle.result()
             except Exception as exc:  # noqa: BLE001 - reported on every rank below
                 error = exc
         self._check_all(error, pending.final, pending.tmp)
         error = None
         if self.dist.is_main:
             try:
-                files = sorted(str(p.relative_to(pending.tmp)) for p in pending.tmp.rglob("*") if p.is_file())
-                hashes = {f: _sha256(pending.tmp / f) for f in files}
+                if not isinstance(hashes, dict):
+                    hashes = _hash_tree(pending.tmp)
+                files = sorted(hashes)
                 meta = {"format": FORMAT_VERSION, "kind": pending.kind, "step": pending.step,
                         "world_size": self.dist.world_size, "files": files, "sha256": hashes}
                 write_text_atomic(pending.tmp / "meta.json", json.dumps(meta, indent=1))
@@ -452,6 +461,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by path relative to it."""
+    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _wait_then_hash(write: Future, root: Path) -> dict[str, str]:
+    write.result()
+    return _hash_tree(root)
 
 
 def export_model(checkpoint: Path, out: Path) -> int:

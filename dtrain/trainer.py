@@ -421,8 +421,9 @@ class Trainer:
                 self.strategy.load_state(path / "state")
         except RuntimeError as exc:  # another model, or another shape
             detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            part = path / ("model.pt" if loaded.model is not None else "state")
             raise CheckpointError(
-                f"{path} does not fit this model ({detail}); "
+                f"{part} does not fit this model ({detail}); "
                 "resume with the recipe, strategy and task settings that wrote it, or start a new output_dir"
             ) from None
         self.load_state_dict(loaded.train_state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import time
 from concurrent.futures import Future
 
 import pytest
@@ -57,7 +58,10 @@ def test_async_save_is_complete_only_once_its_write_has_ended(manager):
     assert (manager.root / "latest").read_text().strip() == "step_00000002"
     assert not (manager.root / "step_00000004").exists()
     future.set_result(None)
-    manager.poll()
+    deadline = time.monotonic() + 10
+    while manager.pending and time.monotonic() < deadline:  # the files are hashed in the background next
+        manager.poll()
+        time.sleep(0.01)
     assert not manager.pending and (manager.root / "latest").read_text().strip() == "step_00000004"
 
 
