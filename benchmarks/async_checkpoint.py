@@ -61,7 +61,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds (one more is run first, as warm-up)")
     ap.add_argument("--dir", default=None, help="where checkpoints are written (default: a temp dir under runs/)")
     ap.add_argument("--out", default=None, help="report path (default: benchmarks/results/...)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for training (default: torch's); fewer leaves cores to the writer, "
+                         "as a GPU run does")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     cfg = load_config(None, ["recipe=mlp", "optim.warmup_steps=0", "train.grad_clip=1.0"], raw={})
@@ -113,7 +118,7 @@ def main() -> None:
 
     base = statistics.median(results["no save"]["step_s"])
     name = machine()
-    slug = "-".join(re.sub(r"[^a-z0-9 ]", "", name.lower()).split()[:2]) or "unknown"
+    slug = "-".join(re.sub(r"[^a-z0-9 ]", "", re.sub(r"\((r|tm)\)", "", name.lower())).split()[:2]) or "unknown"
     today = datetime.date.today().isoformat()
     lines = [
         f"# Async checkpoint: step time while a save runs — {name}, {today}",
@@ -131,9 +136,11 @@ def main() -> None:
     for v in VARIANTS:
         med = statistics.median(results[v]["step_s"])
         lines.append(f"| {v} | {med * 1e3:.1f} | {med / base:.2f}x | {statistics.median(results[v]['blocked_s']) * 1e3:.1f} |")
+    threads = f" --threads {args.threads}" if args.threads else ""
     lines += ["", f"Reproduce: `.venv/bin/python benchmarks/async_checkpoint.py --hidden {args.hidden} --depth {args.depth} "
-              f"--batch {args.batch} --steps {args.steps} --rounds {args.rounds}`.", ""]
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"async_checkpoint_{slug}_{today}.md")
+              f"--batch {args.batch} --steps {args.steps} --rounds {args.rounds}{threads}`.", ""]
+    suffix = f"_{args.threads}thread" if args.threads else ""
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"async_checkpoint_{slug}_{today}{suffix}.md")
     out.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     print(f"wrote {out}")

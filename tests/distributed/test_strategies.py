@@ -11,7 +11,6 @@ in which the two ranks' gradient halves are summed). Same world size: bitwise.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
