@@ -203,7 +203,7 @@ class FaultInjectionConfig:
     kill_during_save_at_step: int | None = None
     """SIGKILL this process half-way through writing the checkpoint of this step."""
     kill_at_step: int | None = None
-    """SIGKILL rank `kill_rank` right after this optimizer step (before its checkpoint)."""
+    """SIGKILL rank `kill_rank` right after this optimizer step (and after its checkpoint, if one is due)."""
     kill_rank: int = 0
     """Under torchrun, the kills above fire only in the first attempt, so a restarted group can finish."""
     step_sleep_s: float = 0.0

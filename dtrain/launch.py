@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -59,6 +60,11 @@ def run_torchrun(torchrun_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    # torchrun shares its rendezvous TCPStore with the workers by default, and keys left by a killed
+    # attempt survive into the restarted one: its gloo/NCCL bootstrap can read the dead rank's address
+    # and fail with "Connection refused" (pytorch/pytorch#135712). Opting out gives every restart a
+    # fresh store on a fresh port.
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     sys.stdout.flush()
     try:
         run(parse_args(torchrun_args))
