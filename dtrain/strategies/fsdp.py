@@ -48,6 +48,14 @@ class FSDPStrategy(Strategy):
 
             for unit in units or [model]:
                 checkpoint(unit)
+        if "mp_policy" in kwargs:
+            # Batch norm keeps fp32 running statistics, and CPU kernels refuse bf16 weights next to
+            # them: each norm layer is a unit of its own that computes in fp32 (inputs cast up, back
+            # down by the next bf16 unit).
+            fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    fully_shard(m, **{**kwargs, "mp_policy": fp32})
         for unit in units:
             fully_shard(unit, **kwargs)
         fully_shard(model, **kwargs)
