@@ -14,12 +14,12 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-run the install only when the dependency list changes.
+# Re-run the install only when the dependency list changes. DeepSpeed (strategy: deepspeed) ships as a
+# source package whose build imports torch: installed after it without build isolation, no ops compiled
+# ahead (ZeRO 1/2/3 need none on CPU; CUDA ops JIT-build on first use).
 $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	# DeepSpeed ships as a source package whose build imports torch: no build isolation, and no ops
-	# compiled ahead (ZeRO 1/2/3 need none on CPU; CUDA ops JIT-build on first use).
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation deepspeed==$(DEEPSPEED_VERSION)
 	touch $@
 
