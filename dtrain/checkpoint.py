@@ -5,6 +5,13 @@ Layout under <output_dir>/checkpoints/:
     latest            name of the newest complete checkpoint (written last, atomically)
     best.json         which checkpoint holds the best evaluation metric (never pruned)
 
+Sharded formats (strategy fsdp, `checkpoint.format: dcp`, strategy deepspeed) use the same directory and
+the same completion rule, with the model and optimizer under `state/` instead of model.pt/optim.pt:
+    step_00000120/    state/ (DCP shards + .metadata, or DeepSpeed's files) train_state.pt rng_rank{r}.pt meta.json
+An async save stages the state in memory, writes in the background, and is finished (hashed, meta.json,
+renamed, `latest`) only when the write has ended - at the next save or at the end of the run. A crash
+before that leaves a `.tmp-` directory, never a checkpoint marked complete.
+
 A checkpoint is written into `.tmp-step_*`, every file fsynced, meta.json (the list of files and
 their sha256) written last, the directory renamed into place and only then `latest` updated. A crash
 or a failed write at any point leaves the previous checkpoint complete and `latest` pointing at it.
@@ -23,9 +30,10 @@ import random
 import re
 import shutil
 import signal
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -143,10 +151,24 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class Loaded:
     path: Path
-    model: dict
-    optim: dict
+    model: dict | None
+    """None for sharded formats: the strategy reads `path / 'state'` itself."""
+    optim: dict | None
     train_state: dict
     rng: dict | None
+    """None when the checkpoint was written by another number of ranks (the streams cannot carry over)."""
+    world_size: int = 1
+    kind: str = "torch"
+
+
+@dataclass
+class _Pending:
+    step: int
+    tmp: Path
+    final: Path
+    handle: Future | None
+    kind: str
+    best: dict | None = None
 
 
 class CheckpointManager:
@@ -154,6 +176,8 @@ class CheckpointManager:
         self.root = Path(root)
         self.dist = state
         self.keep_last = keep_last
+        self._pending: _Pending | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     # ---------------------------------------------------------------- save
     def save(self, step: int, model: dict, optim: dict, train_state: dict, *, kill_midway: bool = False,
@@ -222,9 +246,130 @@ class CheckpointManager:
         write_text_atomic(self.root / "latest", final.name + "\n")
         self.prune()
 
-    def mark_best(self, path: Path, metric: str, value: float, step: int) -> None:
+    # ---------------------------------------------------------------- sharded formats (dcp, deepspeed)
+    def begin_save(self, step: int, train_state: dict, write_state: Callable[[Path], Future | None],
+                   kind: str) -> Path:
+        """Collective. RNG and loop state are written now; `write_state(dir)` writes model + optimizer on
+        every rank and may return a future (an async write). The checkpoint is completed by `finish`,
+        right away for a synchronous write, else at the next save or the end of the run."""
+        self.finish()  # one write in flight at a time: the previous one completes first
+        name = f"step_{step:08d}"
+        tmp, final = self.root / f".tmp-{name}", self.root / name
+        error: BaseException | None = None
+        try:
+            if self.dist.is_main:
+                self.root.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+        except OSError as exc:
+            error = exc
+        self._check_all(error, final)
+        try:
+            save_file(capture_rng(), tmp / f"rng_rank{self.dist.rank}.pt")
+            if self.dist.is_main:
+                save_file(train_state, tmp / "train_state.pt")
+        except OSError as exc:
+            error = exc
+        self._check_all(error, final, tmp)
+        handle = write_state(tmp / "state")
+        if handle is not None and self.dist.is_main:
+            # Hash in the background too, after the write: DCP's coordinator (rank 0) ends its save only
+            # once every rank's shard is written, so its future ending means all files are there.
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtrain-ckpt-hash")
+            handle = self._executor.submit(_wait_then_hash, handle, tmp)
+        self._pending = _Pending(step, tmp, final, handle, kind)
+        if handle is None:
+            self.finish()
+        return final
+
+    @property
+    def pending(self) -> bool:
+        """An async write is in flight (its checkpoint is not complete yet)."""
+        return self._pending is not None
+
+    def poll(self) -> None:
+        """Collective, cheap: complete the write in flight if it has ended on every rank. Called once a
+        step while a save is pending, so a checkpoint becomes complete soon after its write ends, not
+        only at the next save."""
+        if self._pending is None or self._pending.handle is None:
+            return
+        done = torch.tensor([1.0 if self._pending.handle.done() else 0.0], device=self.dist.device)
+        if all_reduce_sum(done, self.dist).item() == self.dist.world_size:
+            self.finish()
+
+    def finish(self) -> Path | None:
+        """Collective. Wait for the write in flight (if any), then mark it complete: hash every file,
+        write meta.json, rename into place, point `latest` at it. Returns its path."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        error: BaseException | None = None
+        hashes = None
+        if pending.handle is not None:
+            try:
+                hashes = pending.handle.result()
+            except Exception as exc:  # noqa: BLE001 - reported on every rank below
+                error = exc
+        self._check_all(error, pending.final, pending.tmp)
+        error = None
         if self.dist.is_main:
-            record = {"checkpoint": path.name, "metric": metric, "value": value, "step": step}
+            try:
+                if not isinstance(hashes, dict):
+                    hashes = _hash_tree(pending.tmp)
+                files = sorted(hashes)
+                meta = {"format": FORMAT_VERSION, "kind": pending.kind, "step": pending.step,
+                        "world_size": self.dist.world_size, "files": files, "sha256": hashes}
+                write_text_atomic(pending.tmp / "meta.json", json.dumps(meta, indent=1))
+                _fsync_dir(pending.tmp)
+                if pending.final.exists():
+                    shutil.rmtree(pending.final)
+                os.replace(pending.tmp, pending.final)
+                _fsync_dir(self.root)
+                write_text_atomic(self.root / "latest", pending.final.name + "\n")
+                if pending.best is not None:
+                    write_text_atomic(self.root / "best.json", json.dumps(pending.best) + "\n")
+                self.prune()
+            except OSError as exc:
+                error = exc
+        self._check_all(error, pending.final, pending.tmp)
+        return pending.final
+
+    def abandon(self) -> None:
+        """Wait for the write in flight to end and leave it incomplete (a run stopped by an error: its
+        last checkpoint must not be marked complete, and no thread may write into a directory a
+        resumed run will reuse)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.handle is not None:
+            try:
+                pending.handle.result()
+            except Exception:  # noqa: BLE001 - it is being discarded anyway
+                pass
+
+    def _check_all(self, error: BaseException | None, final: Path, tmp: Path | None = None) -> None:
+        """Every rank learns whether any rank failed; all raise the same CheckpointError if so."""
+        failed = all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.dist.device), self.dist)
+        if not failed.item():
+            return
+        if tmp is not None and self.dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = self.newest_complete()
+        if isinstance(error, OSError):
+            cause = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+        else:
+            cause = str(error) if error is not None else "another rank could not write its part"
+        raise CheckpointError(
+            f"writing checkpoint {final} failed: {cause}; nothing was marked complete and "
+            f"{previous or 'no earlier checkpoint'} is intact. Free space or fix the directory, "
+            "then rerun with checkpoint.resume=auto"
+        )
+
+    def mark_best(self, path: Path, metric: str, value: float, step: int) -> None:
+        record = {"checkpoint": path.name, "metric": metric, "value": value, "step": step}
+        if self._pending is not None and self._pending.final == path:
+            self._pending.best = record  # still being written: best.json may name it once it is complete
+        elif self.dist.is_main:
             write_text_atomic(self.root / "best.json", json.dumps(record) + "\n")
 
     def best(self) -> dict | None:
@@ -283,23 +428,49 @@ class CheckpointManager:
             raise CheckpointError(
                 f"{path} is not a complete dtrain checkpoint ({path / 'meta.json'} is missing or unreadable)"
             )
-        if meta["world_size"] != self.dist.world_size:
+        kind, world = meta.get("kind", "torch"), meta["world_size"]
+        if world != self.dist.world_size and kind == "deepspeed":
             raise CheckpointError(
-                f"{path} was written by {meta['world_size']} ranks and this run has {self.dist.world_size}; "
-                f"resume with the same number of processes"
+                f"{path} is a DeepSpeed checkpoint written by {world} ranks and this run has "
+                f"{self.dist.world_size}; resume it with {world} processes (a world-size change is supported "
+                "for strategies ddp and fsdp)"
             )
         sums = meta.get("sha256", {})
         for name in meta["files"]:  # a missing part is named before anything is read
             if not (path / name).is_file():
                 raise CheckpointError(f"checkpoint file {path / name} is missing (listed in {path / 'meta.json'})")
+        for name in meta["files"]:  # shards are read by DCP / DeepSpeed: check their bytes first
+            if name.startswith("state/") and name in sums and _sha256(path / name) != sums[name]:
+                raise CheckpointError(f"checkpoint file {path / name} is corrupted: its sha256 does not match meta.json")
         part = lambda name: load_file(path / name, sums.get(name))  # noqa: E731
+        torch_format = kind == "torch"
         return Loaded(
             path=path,
-            model=part("model.pt"),
-            optim=part("optim.pt"),
+            model=part("model.pt") if torch_format else None,
+            optim=part("optim.pt") if torch_format else None,
             train_state=part("train_state.pt"),
-            rng=part(f"rng_rank{self.dist.rank}.pt"),
+            rng=part(f"rng_rank{self.dist.rank}.pt") if world == self.dist.world_size else None,
+            world_size=world,
+            kind=kind,
         )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by path relative to it."""
+    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _wait_then_hash(write: Future, root: Path) -> dict[str, str]:
+    write.result()
+    return _hash_tree(root)
 
 
 def export_model(checkpoint: Path, out: Path) -> int:
@@ -315,7 +486,26 @@ def export_model(checkpoint: Path, out: Path) -> int:
     meta = CheckpointManager.read_meta(checkpoint)
     if meta is None:
         raise CheckpointError(f"{checkpoint} is not a complete dtrain checkpoint (no readable meta.json)")
-    state = load_file(checkpoint / "model.pt", meta.get("sha256", {}).get("model.pt"))
+    sums, kind = meta.get("sha256", {}), meta.get("kind", "torch")
+    for name in meta["files"]:
+        if name.startswith("state/") and name in sums and _sha256(checkpoint / name) != sums[name]:
+            raise CheckpointError(f"checkpoint file {checkpoint / name} is corrupted: its sha256 does not match meta.json")
+    if kind == "dcp":  # every rank's shard, joined into whole tensors
+        from dtrain.dcp import UnsafeCheckpointError, read_full_model
+
+        try:
+            state = read_full_model(checkpoint / "state")
+        except UnsafeCheckpointError as exc:
+            raise CheckpointError(str(exc)) from None
+    elif kind == "deepspeed":  # whole fp32 weights, written beside DeepSpeed's shards at save time
+        from safetensors.torch import load_file as load_safetensors
+
+        name = "state/model.safetensors"
+        if sums.get(name) and _sha256(checkpoint / name) != sums[name]:
+            raise CheckpointError(f"checkpoint file {checkpoint / name} is corrupted: its sha256 does not match meta.json")
+        state = load_safetensors(str(checkpoint / name))
+    else:
+        state = load_file(checkpoint / "model.pt", sums.get("model.pt"))
     # clone(): safetensors refuses tensors that share storage (tied weights).
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
     out = Path(out)

@@ -125,6 +125,12 @@ class CheckpointConfig:
     best_mode: Literal["max", "min"] = "max"
     resume: str = "auto"
     """'auto' (newest complete checkpoint in output_dir, or start fresh), 'none', or a checkpoint path."""
+    async_save: bool = False
+    """YAML key `async` (`async_save` also accepted): write the checkpoint in the background while training
+    goes on (torch.distributed.checkpoint); the next save waits for it. Not with strategy deepspeed."""
+    format: Literal["auto", "torch", "dcp"] = "auto"
+    """torch: one model.pt/optim.pt (replicated DDP state); dcp: torch.distributed.checkpoint, every rank
+    writes its shard. auto: dcp for fsdp or async saves, else torch. (deepspeed always uses its own.)"""
 
     def check(self) -> list[str]:
         bad = []
@@ -209,6 +215,33 @@ class ProfileConfig:
 
 
 @dataclass(kw_only=True)
+class FSDPConfig:
+    """strategy: fsdp (FSDP2, `torch.distributed.fsdp.fully_shard`)."""
+
+    reshard_after_forward: bool = True
+    """Free gathered parameters after forward (ZeRO-3-like); false keeps them to backward (ZeRO-2-like)."""
+    cpu_offload: bool = False
+    """Keep sharded parameters, gradients and optimizer state in CPU memory (CUDA runs only)."""
+    activation_checkpointing: bool = False
+    """Recompute each shard unit's activations in backward instead of storing them."""
+
+
+@dataclass(kw_only=True)
+class DeepSpeedConfig:
+    """strategy: deepspeed (ZeRO through `deepspeed.initialize`). Batch sizes, accumulation, clipping,
+    precision, optimizer and schedule come from dtrain's own keys."""
+
+    stage: Literal[1, 2, 3] = 2
+    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """Optimizer state and step on the CPU (ZeRO-Offload; stage 1-3)."""
+    offload_params: bool = False
+    """Parameters on the CPU between uses (stage 3 only)."""
+    config: str | None = None
+    """A DeepSpeed JSON file for what dtrain does not cover; a key that contradicts dtrain's is an error."""
+
+
+@dataclass(kw_only=True)
 class FaultInjectionConfig:
     """Deliberate failures, for testing resume and atomicity. Leave unset in real runs."""
 
@@ -239,6 +272,8 @@ class RunConfig:
     output_dir: str = "runs/default"
     """Run directory: config.yaml, metrics.jsonl and checkpoints/ are written here."""
     seed: int = 0
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """How the model is spread over ranks: ddp (replicas), fsdp (FSDP2 sharding), deepspeed (ZeRO 1-3)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -246,6 +281,8 @@ class RunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
     task: Any = None
     """Recipe-specific section, typed and checked by the recipe's own Config dataclass."""
@@ -255,7 +292,44 @@ class RunConfig:
         for part in (self.train, self.optim, self.checkpoint, self.early_stopping, self.dist, self.profile, self.task):
             if hasattr(part, "check"):
                 bad += part.check()
+        return bad + self._check_strategy()
+
+    def _check_strategy(self) -> list[str]:
+        """Combinations dtrain does not support are refused here, in one line, rather than half-run."""
+        bad, ck, tc = [], self.checkpoint, self.train
+        if self.strategy == "fsdp":
+            if tc.precision == "fp16":
+                bad.append("train.precision: fp16 with strategy fsdp needs a sharded grad scaler dtrain does not "
+                           "have; use bf16 or fp32")
+            if ck.format == "torch":
+                bad.append("checkpoint.format: torch cannot hold fsdp shards; use dcp or auto")
+            if tc.compile:
+                bad.append("train.compile: not supported with strategy fsdp yet; set train.compile=false")
+        if self.strategy == "deepspeed":
+            if ck.async_save:
+                bad.append("checkpoint.async: not available with strategy deepspeed (it saves with its own "
+                           "writer); set checkpoint.async=false")
+            if ck.format != "auto":
+                bad.append(f"checkpoint.format: {ck.format} is not used by strategy deepspeed (it writes its "
+                           "own format); leave it at auto")
+            if self.deepspeed.offload_params and self.deepspeed.stage != 3:
+                bad.append(f"deepspeed.offload_params: needs deepspeed.stage=3, got stage {self.deepspeed.stage}")
+            if tc.compile:
+                bad.append("train.compile: not supported with strategy deepspeed yet; set train.compile=false")
+        elif self.deepspeed.config is not None:
+            bad.append(f"deepspeed.config: given, but strategy is {self.strategy}; set strategy=deepspeed")
+        if ck.async_save and ck.format == "torch":
+            bad.append("checkpoint.async: needs checkpoint.format dcp or auto (the torch format writes synchronously)")
         return bad
+
+    @property
+    def checkpoint_format(self) -> str:
+        """The on-disk format this run writes: torch, dcp or deepspeed."""
+        if self.strategy == "deepspeed":
+            return "deepspeed"
+        if self.checkpoint.format != "auto":
+            return self.checkpoint.format
+        return "dcp" if self.strategy == "fsdp" or self.checkpoint.async_save else "torch"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -325,6 +399,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, raw: dict
     task_raw = data.pop("task", None)
     if "recipe" not in data:
         raise ConfigError(["recipe: missing; name the recipe to run, e.g. recipe: vision"], source)
+    ck = data.get("checkpoint")
+    if isinstance(ck, dict) and "async" in ck:  # `async` is a Python keyword: the field is async_save
+        ck["async_save"] = ck.pop("async")
     cfg = build_dataclass(RunConfig, data, "", problems)
     if cfg is not None:
         try:

@@ -18,11 +18,14 @@ from dtrain.dist import DistState
 
 
 class TrainSampler(Sampler[int]):
-    """Shuffled, rank-strided and resumable.
+    """Shuffled, rank-strided and resumable at a global sample position.
 
-    The tail of the permutation that does not divide by the world size (at most world_size - 1
-    samples, a different tail each epoch) is left out, so every rank runs the same number of
-    micro-batches and no sample is duplicated to pad.
+    `start` counts the samples of this epoch's permutation that all ranks together have consumed; the
+    rest, order[start:], is strided over the ranks. Position i of that rest goes to rank i % world_size,
+    so the position survives a change of world size: resumed on 1 rank or 4, the epoch goes on with the
+    same next samples. The tail that does not divide by the world size (at most world_size - 1 samples,
+    a different tail each epoch) is left out, so every rank runs the same number of micro-batches and no
+    sample is duplicated to pad.
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
@@ -32,17 +35,22 @@ class TrainSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
-        self.start = 0  # samples of this epoch this rank has already consumed
+        self.start = 0  # global position in this epoch's permutation
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch = epoch
         self.start = start
 
     def per_rank(self) -> int:
-        return self.num_samples // self.world_size
+        """Samples this rank draws from `start` to the end of the epoch."""
+        return max(self.num_samples - self.start, 0) // self.world_size
+
+    def end(self) -> int:
+        """Global position at which this epoch ends (the undivisible tail left out)."""
+        return self.start + self.per_rank() * self.world_size
 
     def __len__(self) -> int:
-        return self.per_rank() - self.start
+        return self.per_rank()
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
@@ -50,8 +58,8 @@ class TrainSampler(Sampler[int]):
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
-        mine = order[: self.per_rank() * self.world_size][self.rank :: self.world_size]
-        return iter(mine[self.start :].tolist())
+        mine = order[self.start : self.end()][self.rank :: self.world_size]
+        return iter(mine.tolist())
 
 
 class EvalSampler(Sampler[int]):

@@ -204,3 +204,12 @@ def broadcast_object(obj, state: DistState, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def ensure_process_group(state: DistState, timeout_s: float = 600.0) -> None:
+    """A one-rank group for a single process: FSDP's device mesh and DeepSpeed need one even alone.
+    In-process store, no port; torn down with the rest by `destroy_distributed`."""
+    if not dist.is_initialized():
+        backend = "nccl" if state.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=timeout_s))

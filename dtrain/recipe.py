@@ -67,6 +67,12 @@ class Task:
     count_tokens: Callable[[Any], int | torch.Tensor] | None = None
     """(batch) -> tokens in it, for text: log lines then carry tokens/s. Called on the host batch before it
     moves to the device, so a CPU tensor's sum costs no device sync (e.g. batch['attention_mask'].sum())."""
+    shard_units: Callable[[nn.Module], list[nn.Module]] | None = None
+    """strategy: fsdp only. model -> the blocks to shard one by one (`fully_shard` each, e.g. every
+    transformer layer or every ResNet stage); the root is sharded too, for the rest. Each unit's
+    parameters are gathered for its own forward/backward only, so peak memory is about one unit's full
+    parameters plus everything's shards. None: the whole model is one unit. With
+    fsdp.activation_checkpointing these are also the units whose activations are recomputed."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Anything the recipe wants to keep (label names, tokenizer...)."""
 

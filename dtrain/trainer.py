@@ -6,7 +6,6 @@ module; the Trainer only decides *when* each of them is used.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ from typing import Iterator
 
 import torch
 import torch.distributed as tdist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dtrain.checkpoint import CheckpointError, CheckpointManager, restore_rng
 from dtrain.config import RunConfig, dump_yaml, to_dict
@@ -40,6 +38,7 @@ from dtrain.optim import build_optimizer, build_scheduler
 from dtrain.precision import Precision
 from dtrain.profiling import StepProfiler
 from dtrain.recipe import Task
+from dtrain.strategies import build_strategy
 from dtrain.watchdog import Watchdog
 
 
@@ -54,18 +53,16 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.device = dist.device
 
-        # The raw module is what checkpoints save; `self.train_model` is what the loop calls.
-        self.model = task.model.to(self.device)
+        model = task.model.to(self.device)
         if tc.compile:
-            self.model.compile(mode=None if tc.compile is True else tc.compile)
-        self.ddp = None
-        if dist.is_distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(self.model, device_ids=device_ids, gradient_as_bucket_view=True)
-        self.train_model = self.ddp or self.model
-
+            model.compile(mode=None if tc.compile is True else tc.compile)
         self.precision = Precision(tc.precision, self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        # The strategy (ddp, fsdp, deepspeed) wraps model and optimizer. `self.model` is what evaluation
+        # and checkpoints see, `self.train_model` what the loop calls.
+        self.strategy = build_strategy(cfg, dist, self.precision, task)
+        self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
+        self.model, self.train_model, self.optimizer = self.strategy.model, self.strategy.train_model, self.strategy.optimizer
+        self.ckpt_format = cfg.checkpoint_format
 
         workers = tc.num_workers
         if workers == "auto":
@@ -95,7 +92,8 @@ class Trainer:
         # Loop position: everything a resume needs besides model/optimizer/RNG.
         self.step = 0
         self.epoch = 0
-        self.batch_in_epoch = 0
+        self.batch_in_epoch = 0  # micro-batches this rank drew in this epoch (since a resume, if any)
+        self.sample_in_epoch = 0  # global position in the epoch: survives a change of world size
         self.best_value: float | None = None
         self.stopped_early = False
         self.last_saved_step = -1
@@ -125,8 +123,8 @@ class Trainer:
             tc = self.cfg.train
             self.train_model.train()
             while self.step < self.total_steps and not self.stopped_early:
-                self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * tc.batch_size)
-                sizes = micro_batch_sizes(self.sampler.per_rank(), tc.batch_size)[self.batch_in_epoch :]
+                self.sampler.set_epoch(self.epoch, start=self.sample_in_epoch)
+                sizes = micro_batch_sizes(self.sampler.per_rank(), tc.batch_size)
                 batches = iter(self.loader)
                 for window in accumulation_windows(sizes, tc.grad_accum_steps):
                     # The profiler's window, and the FLOPs of the first step (counted once; a no-op after).
@@ -135,6 +133,7 @@ class Trainer:
                     self._after_step(window)
                     if self.step >= self.total_steps or self.stopped_early:
                         break
+            self.ckpt.finish()  # an async save still in flight completes before the run reports done
             self.logger.info(f"done: {self.step} steps, {self.epoch} epochs, output in {self.run_dir}")
             if self.test_loader is not None:
                 self.test()
@@ -144,6 +143,7 @@ class Trainer:
             self.watchdog.stop()
             self.stop_request.done()
             self.logger.close()
+            self.strategy.close()
 
     def _train_step(self, batches: Iterator, window: list[int]) -> None:
         """One optimizer step over a window of micro-batches (gradient accumulation)."""
@@ -166,11 +166,8 @@ class Trainer:
             beat(step, i, "forward")
             if fi.hang_at_step == step and fi.hang_rank == self.dist.rank and i == 0:
                 time.sleep(3600)  # fault injection: a rank that never reaches the collective
-            # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
-            # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
-            last = i == len(window) - 1
-            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-            with sync:
+            # Gradients are synchronised once per window, on its last micro-batch (see the strategy).
+            with self.strategy.sync(last=i == len(window) - 1):
                 with self.precision.autocast():
                     outputs = self.task.forward(self.train_model, batch)
                     loss = self.task.loss_fn(outputs, batch)
@@ -179,8 +176,8 @@ class Trainer:
                 beat(step, i, "backward")
                 # loss_fn gives the mean over this micro-batch; weighting by n / window_samples makes
                 # the summed gradient the mean over the whole window, also for a short last window.
-                # Every rank has the same window sizes, so DDP's average over ranks keeps it exact.
-                self.precision.backward(loss if n == window_samples else loss * (n / window_samples))
+                # Every rank has the same window sizes, so the average over ranks keeps it exact.
+                self.strategy.backward(loss if n == window_samples else loss * (n / window_samples))
             parts.append(loss.detach().double() * n)
         step_loss = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
         self._window_loss += step_loss
@@ -188,15 +185,7 @@ class Trainer:
         self.metrics.add(window_samples, tokens)
 
         beat(step, len(window), "optimizer")
-        self.precision.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        self._grad_norm = torch.nn.utils.get_total_norm(grads)
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.cfg.train.grad_clip, self._grad_norm)
-        # After DDP's all-reduce every rank holds the same gradients, so this decision is the same on
-        # every rank without a collective. fp16's scaler makes its own (also global) decision.
-        finite = not self.guard.enabled or self.precision.scaler is not None or bool(torch.isfinite(self._grad_norm))
-        applied = finite and self.precision.step(self.optimizer)
+        applied, self._grad_norm = self.strategy.step(self.guard.enabled)
         if applied or not self.guard.enabled:
             self.guard.good_step()
         else:
@@ -204,16 +193,18 @@ class Trainer:
                                 scaler_overflow=self.precision.scaler is not None, log=self.logger.info)
         # The schedule follows the step count, applied or skipped, as with GradScaler's skipped steps.
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.strategy.zero_grad()
 
     def _after_step(self, window: list[int]) -> None:
         cc, tc = self.cfg.checkpoint, self.cfg.train
+        self.ckpt.poll()  # an async save that has ended becomes complete here
         self.step += 1
         self.batch_in_epoch += len(window)
-        epoch_end = self.batch_in_epoch == self.batches_per_epoch
+        self.sample_in_epoch += sum(window) * self.dist.world_size  # every rank draws the same sizes
+        epoch_end = self.sample_in_epoch >= self.sampler.end()
         if epoch_end:
             self.epoch += 1
-            self.batch_in_epoch = 0
+            self.batch_in_epoch = self.sample_in_epoch = 0
         last = self.step >= self.total_steps
         self.logger.tick(self.step)
         if self.step % tc.log_every == 0 or last:
@@ -247,6 +238,7 @@ class Trainer:
         if reason:
             if self.last_saved_step != self.step:
                 self.save_checkpoint()
+            self.ckpt.finish()
             self.stop_request.record_stop(self.step)
             raise Preempted(f"stopped at step {self.step} on request ({reason}); checkpoint saved, resume continues")
 
@@ -268,7 +260,12 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        for i, batch in enumerate(loader or self.val_loader):
+        loader = loader or self.val_loader
+        # Sharded parameters are gathered in forward, a collective: a rank with fewer batches repeats its
+        # last one (uncounted) until every rank has run as many forward passes. Agreed before any forward.
+        extra = self.strategy.extra_eval_passes(len(loader))
+        batch = None
+        for i, batch in enumerate(loader):
             self.watchdog.beat(self.step, i, "eval")
             batch = move_to(batch, self.device)
             with self.precision.autocast():
@@ -281,6 +278,9 @@ class Trainer:
                 for k, v in self.task.eval_stats(outputs, batch).items():
                     v = v.detach().double()
                     sums[k] = sums[k] + v if k in sums else v
+        for _ in range(extra if batch is not None else 0):
+            with self.precision.autocast():
+                self.task.forward(self.model, batch)
         self.model.train()
         sums = self._reduce_sums({"_loss": loss_sum, "_count": count, **sums})
         metrics = {"val_loss": (sums.pop("_loss") / sums.pop("_count").clamp(min=1)).item()}
@@ -292,7 +292,11 @@ class Trainer:
         """Evaluate the best checkpoint (else the final model) on the held-out test split, once."""
         best = self.ckpt.best()
         if best is not None:
-            self.model.load_state_dict(self.ckpt.load(self.ckpt.root / best["checkpoint"]).model)
+            loaded = self.ckpt.load(self.ckpt.root / best["checkpoint"])
+            if loaded.model is not None:
+                self.model.load_state_dict(loaded.model)
+            else:
+                self.strategy.load_model(loaded.path / "state")
         metrics = self.evaluate(self.test_loader)
         metrics = {"test_loss": metrics.pop("val_loss"), **metrics}
         source = best["checkpoint"] if best else f"step_{self.step:08d} (final)"
@@ -352,6 +356,8 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "sample_in_epoch": self.sample_in_epoch,
+            "world_size": self.dist.world_size,
             "best_value": self.best_value,
             "early_stopping": self.early_stopping.state_dict(),
             "stopped_early": self.stopped_early,
@@ -363,6 +369,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # Format 2 checkpoints count batches per rank only; their world size is this run's.
+        self.sample_in_epoch = state.get("sample_in_epoch", min(self.batch_in_epoch * self.cfg.train.batch_size,
+                                                                 self.sampler.per_rank()) * self.dist.world_size)
         self.best_value = state["best_value"]
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.stopped_early = state["stopped_early"]
@@ -374,10 +383,15 @@ class Trainer:
         fi = self.cfg.fault_injection
         kill = fi.kill_during_save_at_step == self.step and _first_attempt()
         self.watchdog.beat(self.step, 0, "checkpoint")
-        path = self.ckpt.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(),
-                              kill_midway=kill, disk_full=fi.disk_full_at_step == self.step)
+        if self.ckpt_format == "torch":
+            path = self.ckpt.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(),
+                                  kill_midway=kill, disk_full=fi.disk_full_at_step == self.step)
+        else:  # sharded: every rank writes its part; an async write is completed at the next save
+            async_save = self.cfg.checkpoint.async_save
+            path = self.ckpt.begin_save(self.step, self.state_dict(),
+                                        lambda d: self.strategy.save_state(d, async_save), self.ckpt_format)
         self.last_saved_step = self.step
-        self.logger.info(f"checkpoint {path}")
+        self.logger.info(f"checkpoint {path}" + (" (written in the background)" if self.ckpt.pending else ""))
         return path
 
     def _load_auto(self):
@@ -414,20 +428,46 @@ class Trainer:
             return
         path = loaded.path
         try:
-            self.model.load_state_dict(loaded.model)
+            if loaded.model is not None:
+                self.model.load_state_dict(loaded.model)
+                self.optimizer.load_state_dict(loaded.optim)
+            else:
+                self.strategy.load_state(path / "state")
         except RuntimeError as exc:  # another model, or another shape
             detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            part = path / ("model.pt" if loaded.model is not None else "state")
             raise CheckpointError(
-                f"{path / 'model.pt'} does not fit this model ({detail}); "
-                "resume with the recipe and task settings that wrote it, or start a new output_dir"
+                f"{part} does not fit this model ({detail}); "
+                "resume with the recipe, strategy and task settings that wrote it, or start a new output_dir"
             ) from None
-        self.optimizer.load_state_dict(loaded.optim)
         self.load_state_dict(loaded.train_state)
         self.last_saved_step = self.step
+        if loaded.world_size != self.dist.world_size:
+            self._rescale_after_world_size_change(loaded.world_size)
         # Last: nothing may draw random numbers between this and the next training step.
-        restore_rng(loaded.rng)
+        if loaded.rng is not None:
+            restore_rng(loaded.rng)
         self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+
+    def _rescale_after_world_size_change(self, before: int) -> None:
+        """Steps left are counted afresh: the epoch goes on from its global sample position, with this
+        world size's global batch. The schedule is rebuilt for the new total at the same step."""
+        per_step = self.cfg.train.batch_size * self.cfg.train.grad_accum_steps
+        self.sampler.set_epoch(self.epoch, start=self.sample_in_epoch)
+        left_in_epoch = -(-self.sampler.per_rank() // per_step)
+        total = self.step + left_in_epoch + (self.cfg.train.epochs - self.epoch - 1) * self.steps_per_epoch
+        if self.cfg.train.max_steps is not None:
+            total = min(total, self.cfg.train.max_steps)
+        state = self.scheduler.state_dict()
+        self.total_steps = total
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total)
+        self.scheduler.load_state_dict(state)
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # building the scheduler reset it to step 0's
+        self.logger.info(f"world size {before} -> {self.dist.world_size}: the epoch continues at global sample "
+                         f"{self.sample_in_epoch}; {total - self.step} steps left; RNG streams re-seeded per rank")
 
 
 def _first_attempt() -> bool:

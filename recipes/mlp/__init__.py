@@ -90,4 +90,6 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
             "macro_recall": (s["confusion"].diag() / s["confusion"].sum(1).clamp(min=1)).mean().item(),
         },
         train_transform=augment,
+        # strategy fsdp: each Linear layer is one unit (the GELU/Dropout between them hold no parameters)
+        shard_units=lambda m: [layer for layer in m.net if isinstance(layer, nn.Linear)],
     )

@@ -139,8 +139,15 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         summarize=lambda sums: report(sums["confusion"], tickets.names),
         collate_fn=PadCollate(tokenizer.pad_token_id),
         count_tokens=lambda batch: batch["attention_mask"].sum(),
+        shard_units=transformer_layers,  # strategy fsdp: each transformer layer is one unit
         extras={"labels": tickets.names, "tokenizer": tokenizer, "model_dir": model_dir},
     )
+
+
+def transformer_layers(model) -> list:
+    """The encoder's layers (BERT-style models keep them in encoder.layer)."""
+    base = getattr(model, model.base_model_prefix, model)
+    return list(base.encoder.layer) if hasattr(base, "encoder") else []
 
 
 def export(*args, **kwargs):

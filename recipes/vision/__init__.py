@@ -108,5 +108,6 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         eval_stats=eval_stats,
         summarize=summarize,
         train_transform=augment,
+        shard_units=lambda m: list(m.stages),  # strategy fsdp: each ResNet stage is one unit
         extras={"classes": classes},
     )

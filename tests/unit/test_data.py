@@ -42,8 +42,24 @@ def test_epochs_shuffle_differently_and_reproducibly():
 def test_resume_start_continues_with_the_next_sample():
     full = epoch(40, 2, ep=3)[1]
     s = TrainSampler(40, 1, 2, 0)
-    s.set_epoch(3, start=8)
+    s.set_epoch(3, start=16)  # a global position: 8 samples from each of the 2 ranks
     assert list(s) == full[8:] and len(s) == 12
+
+
+@pytest.mark.parametrize("before, after, pos", [(2, 1, 16), (1, 2, 12), (2, 3, 10), (4, 2, 24)])
+def test_resume_on_another_world_size_neither_repeats_nor_skips(before, after, pos):
+    n = 60
+    seen = []
+    for r in range(before):  # the first `pos` global samples, drawn by `before` ranks
+        s = TrainSampler(n, r, before, 0)
+        s.set_epoch(2)
+        seen += list(s)[: pos // before]
+    for r in range(after):
+        s = TrainSampler(n, r, after, 0)
+        s.set_epoch(2, start=pos)
+        seen += list(s)
+        assert s.end() == pos + len(s) * after
+    assert len(set(seen)) == len(seen) and n - len(seen) < after  # no repeats; only the tail left out
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (7, 2), (2, 4), (0, 2), (9, 1)])

@@ -1,0 +1,123 @@
+"""The common part of every strategy: a plain torch optimizer stepped with dtrain's clipping and guard."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from dtrain.config import RunConfig
+from dtrain.dist import DistState
+from dtrain.precision import Precision
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+class Strategy:
+    name = "base"
+    lockstep_eval = False
+    """True when every rank must run the same number of forward passes (parameters are gathered)."""
+
+    def __init__(self, cfg: RunConfig, dist: DistState, precision: Precision):
+        self.cfg, self.dist, self.precision = cfg, dist, precision
+        self.model: nn.Module | None = None
+        """The module evaluation, state dicts and the recipe's forward see (sharded for fsdp)."""
+        self.train_model: nn.Module | None = None
+        """What the training loop calls (the DDP / DeepSpeed wrapper, or the module itself)."""
+        self.optimizer: torch.optim.Optimizer | None = None
+        """The torch optimizer (the learning-rate schedule steps its param groups)."""
+        self._ckpt_group = None
+
+    # ------------------------------------------------------------------ set-up and the step
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        raise NotImplementedError
+
+    def sync(self, last: bool) -> ContextManager:
+        """Context for one micro-batch's forward+backward; gradients are synchronised only when `last`."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.precision.backward(loss)
+
+    def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
+        grads = [p.grad for p in params if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads)
+
+    def step(self, guard_enabled: bool) -> tuple[bool, torch.Tensor]:
+        """Unscale, clip to train.grad_clip, step. Returns (applied, global grad norm before clipping)."""
+        self.precision.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = self.grad_norm(params)
+        clip = self.cfg.train.grad_clip
+        if clip:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        # Every rank holds the same (reduced) gradient norm, so this decision needs no collective.
+        # fp16's scaler makes its own (also global) decision.
+        finite = not guard_enabled or self.precision.scaler is not None or bool(torch.isfinite(norm))
+        return finite and self.precision.step(self.optimizer), norm
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def extra_eval_passes(self, local_batches: int) -> int:
+        """Forward passes this rank must add so every rank runs as many as the busiest one."""
+        if not self.lockstep_eval or not self.dist.is_distributed:
+            return 0
+        t = torch.tensor([local_batches], device=self.dist.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return int(t.item()) - local_batches
+
+    # ------------------------------------------------------------------ checkpoints (dcp format)
+    def checkpoint_group(self):
+        """A gloo group of its own for checkpoint I/O: an async save's collectives run in a background
+        thread, and must never interleave with the training loop's on the default group."""
+        if self._ckpt_group is None and tdist.is_initialized():
+            self._ckpt_group = tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.cfg.dist.timeout_s))
+        return self._ckpt_group
+
+    def _dcp_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        return {"model": get_model_state_dict(self.model), "optim": get_optimizer_state_dict(self.model, self.optimizer)}
+
+    def save_state(self, path: Path, async_save: bool) -> Future | None:
+        """Every rank writes its part of model + optimizer under `path`; with async_save the write
+        continues in the background once the state is staged in memory, and the future says when it ended."""
+        import torch.distributed.checkpoint as dcp
+
+        state = self._dcp_state()
+        group = self.checkpoint_group()
+        if async_save:
+            return dcp.async_save(state, checkpoint_id=str(path), process_group=group)
+        dcp.save(state, checkpoint_id=str(path), process_group=group)
+        return None
+
+    def load_state(self, path: Path) -> None:
+        """Model + optimizer from a dcp checkpoint, resharded to this run's world size if it differs."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        from dtrain.dcp import load_into
+
+        state = self._dcp_state()
+        load_into(state, path, process_group=self.checkpoint_group())
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+
+    def load_model(self, path: Path) -> None:
+        """Only the weights (evaluating the best checkpoint at the end)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+        from dtrain.dcp import load_into
+
+        state = {"model": get_model_state_dict(self.model)}
+        load_into(state, path, process_group=self.checkpoint_group())
+        set_model_state_dict(self.model, state["model"])
+
+    def close(self) -> None:
+        """Release what setup created (called once the run ends, before the process group goes)."""

@@ -1,0 +1,29 @@
+"""DistributedDataParallel: a full replica per rank, gradients all-reduced in backward."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dtrain.strategies.base import OptimizerFactory, Strategy
+
+
+class DDPStrategy(Strategy):
+    name = "ddp"
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        self.model = model
+        self.ddp = None
+        if self.dist.is_distributed:
+            device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            self.ddp = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True)
+        self.train_model = self.ddp or model
+        self.optimizer = make_optimizer(model)
+
+    def sync(self, last: bool) -> ContextManager:
+        # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
+        # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
+        return contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()

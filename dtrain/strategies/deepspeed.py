@@ -1,0 +1,168 @@
+"""DeepSpeed ZeRO stage 1/2/3 through `deepspeed.initialize`, configured from dtrain's own keys.
+
+One source of truth: batch size, accumulation, clipping and precision are written into the DeepSpeed
+config from `train.*`; the optimizer is dtrain's torch optimizer (ZeRO partitions its state) and the
+learning-rate schedule is dtrain's, stepped by the Trainer. A raw DeepSpeed JSON (`deepspeed.config`)
+adds what dtrain does not cover; a key there that contradicts dtrain's value is an error, not a silent
+override. `deepspeed` is imported only here, only when this strategy is chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import contextlib
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+
+from dtrain.checkpoint import CheckpointError
+from dtrain.config import ConfigError, RunConfig
+from dtrain.dist import ensure_process_group
+from dtrain.strategies.base import OptimizerFactory, Strategy
+
+OWNED = "set it in dtrain's config instead (one source of truth)"
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dtrain's keys imply, merged with `deepspeed.config` (a conflict is an error)."""
+    tc, dc = cfg.train, cfg.deepspeed
+    ours: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": tc.batch_size,
+        "gradient_accumulation_steps": tc.grad_accum_steps,
+        "train_batch_size": tc.batch_size * tc.grad_accum_steps * world_size,
+        "gradient_clipping": float(tc.grad_clip or 0.0),
+        "bf16": {"enabled": tc.precision == "bf16"},
+        "fp16": {"enabled": tc.precision == "fp16"},
+        "zero_optimization": {"stage": dc.stage},
+        # dtrain's torch optimizer is not one DeepSpeed has "tested": it is, here.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,  # dtrain logs; keep DeepSpeed's own step lines quiet
+        "wall_clock_breakdown": False,
+    }
+    if dc.offload_optimizer:
+        ours["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    if dc.offload_params:
+        ours["zero_optimization"]["offload_param"] = {"device": "cpu"}
+    if dc.config is None:
+        return ours
+    path = Path(dc.config)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"deepspeed.config: cannot read {path}: {exc.strerror or exc}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"deepspeed.config: {path} is not valid JSON ({exc})"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"deepspeed.config: {path} must hold a JSON object"])
+    problems = []
+    for key in ("optimizer", "scheduler"):
+        if key in raw:
+            problems.append(f"deepspeed.config: {path} sets {key!r}, which dtrain owns (optim.*); {OWNED}")
+    merged = _merge(ours, raw, "", problems, str(path))
+    if problems:
+        raise ConfigError(problems)
+    return merged
+
+
+def _merge(ours: dict, raw: dict, prefix: str, problems: list[str], source: str) -> dict:
+    out = dict(ours)
+    for key, value in raw.items():
+        if key not in ours:
+            out[key] = value
+        elif isinstance(ours[key], dict) and isinstance(value, dict):
+            out[key] = _merge(ours[key], value, f"{prefix}{key}.", problems, source)
+        elif value != ours[key] and value != "auto":
+            problems.append(f"deepspeed.config: {source} sets {prefix}{key}={value!r} but dtrain's config gives "
+                            f"{ours[key]!r}; remove it from the JSON or {OWNED}")
+    return out
+
+
+# Classes DeepSpeed's own checkpoint files hold besides tensors and containers (found by loading them
+# with weights_only=True); only these are rebuilt, nothing is unpickled.
+def _safe_globals() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+class DeepSpeedStrategy(Strategy):
+    name = "deepspeed"
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        ensure_process_group(self.dist, self.cfg.dist.timeout_s)
+        # DeepSpeed reads its rank from the environment, which only torchrun fills; a single process
+        # and an srun task say it here, from the DistState that dtrain found.
+        for key, value in (("LOCAL_RANK", self.dist.local_rank), ("RANK", self.dist.rank),
+                           ("WORLD_SIZE", self.dist.world_size)):
+            os.environ.setdefault(key, str(value))
+        import deepspeed
+
+        self.optimizer = make_optimizer(model)
+        self.ds_config = deepspeed_config(self.cfg, self.dist.world_size)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=self.ds_config,
+                                               dist_init_required=False)
+        self.engine = engine
+        self.model = engine.module
+        self.train_model = engine
+        self.lockstep_eval = self.cfg.deepspeed.stage == 3  # stage 3 gathers parameters in forward
+        safe = _safe_globals()
+
+        def load(path: str, map_location=None):  # DeepSpeed's own loader unpickles (weights_only=False)
+            with torch.serialization.safe_globals(safe):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+        engine.checkpoint_engine.load = load
+
+    def sync(self, last: bool) -> ContextManager:
+        # DeepSpeed counts micro-steps itself; telling it where dtrain's window ends keeps a short last
+        # window of an epoch correct too. ZeRO 2/3 reduce in backward, so this must be set before it.
+        self.engine.set_gradient_accumulation_boundary(last)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # dtrain already weights each micro-batch by its share of the window; no 1/accum on top.
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self, guard_enabled: bool) -> tuple[bool, torch.Tensor]:
+        self.engine.step()  # clips, steps and zeroes the gradients at the window's boundary
+        norm = self.engine.get_global_grad_norm()
+        norm = torch.as_tensor(float("nan") if norm is None else float(norm), dtype=torch.float64)
+        # DeepSpeed applies a fp32/bf16 update whatever the norm; the guard can count it, not veto it.
+        applied = self.engine.was_step_applied() and (not guard_enabled or bool(torch.isfinite(norm)))
+        return applied, norm
+
+    def zero_grad(self) -> None:
+        pass  # engine.step() did it
+
+    # ------------------------------------------------------------------ checkpoints: DeepSpeed's own
+    def save_state(self, path: Path, async_save: bool) -> None:
+        self.engine.save_checkpoint(str(path.parent), tag=path.name, save_latest=False)
+        weights = self._full_weights()
+        if self.dist.is_main:  # whole fp32 weights beside the shards: `dtrain checkpoint export` reads these
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()},
+                      str(path / "model.safetensors"))
+        return None
+
+    def _full_weights(self) -> dict[str, torch.Tensor]:
+        if self.cfg.deepspeed.stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict() or {}  # collective; full on rank 0
+        return self.engine.module.state_dict()
+
+    def load_state(self, path: Path) -> None:
+        loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=False)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load {path}; resume with the same strategy and stage")
+
+    def load_model(self, path: Path) -> None:
+        self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_only=True,
+                                    load_optimizer_states=False, load_lr_scheduler_states=False)
+
+    def close(self) -> None:
+        self.engine.destroy()

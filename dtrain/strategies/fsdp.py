@@ -1,0 +1,86 @@
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`): each recipe block is one unit of sharding.
+
+Parameters are DTensors sharded over the ranks' mesh; a unit's parameters are all-gathered just before
+its forward (and backward) and freed after, gradients are reduce-scattered. The recipe chooses the
+units with `Task.shard_units(model)` (each transformer layer, each ResNet stage); the root module is
+always a unit too, for whatever the blocks leave out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+from torch import nn
+
+from dtrain.dist import ensure_process_group
+from dtrain.strategies.base import OptimizerFactory, Strategy
+
+
+class FSDPStrategy(Strategy):
+    name = "fsdp"
+    lockstep_eval = True
+
+    def __init__(self, *args, shard_units: Callable[[nn.Module], list[nn.Module]] | None = None):
+        super().__init__(*args)
+        self.shard_units = shard_units
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        fc, device = self.cfg.fsdp, self.dist.device
+        if fc.cpu_offload and device.type != "cuda":
+            raise ValueError("fsdp.cpu_offload=true needs CUDA (on the CPU everything already is in CPU memory); "
+                             "set fsdp.cpu_offload=false")
+        ensure_process_group(self.dist, self.cfg.dist.timeout_s)
+        mesh = init_device_mesh(device.type, (self.dist.world_size,))
+        kwargs: dict = {"mesh": mesh, "reshard_after_forward": fc.reshard_after_forward}
+        if self.precision.mode == "bf16":
+            # Compute in bf16, reduce gradients and keep the sharded master weights in fp32.
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if fc.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        units = list(self.shard_units(model)) if self.shard_units else []
+        if fc.activation_checkpointing:
+            from torch.distributed._composable import checkpoint
+
+            for unit in units or [model]:
+                checkpoint(unit)
+        if "mp_policy" in kwargs:
+            # Batch norm keeps fp32 running statistics, and CPU kernels refuse bf16 weights next to
+            # them: each norm layer is a unit of its own that computes in fp32 (inputs cast up, back
+            # down by the next bf16 unit).
+            fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    fully_shard(m, **{**kwargs, "mp_policy": fp32})
+        for unit in units:
+            fully_shard(unit, **kwargs)
+        fully_shard(model, **kwargs)
+        self.model = self.train_model = model
+        self.optimizer = make_optimizer(model)  # after sharding: it must hold the DTensor shards
+
+    def sync(self, last: bool) -> ContextManager:
+        # Accumulate unsharded-sum gradients locally; reduce-scatter once, on the window's last backward.
+        self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
+        # Each rank's norm covers its shard; the DTensor reduction makes it the global norm.
+        norm = super().grad_norm(params)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def step(self, guard_enabled: bool) -> tuple[bool, torch.Tensor]:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = self.grad_norm(params)
+        clip = self.cfg.train.grad_clip
+        if clip:
+            coef = min(clip / (norm.item() + 1e-6), 1.0)  # as clip_grads_with_norm_ does
+            for p in params:
+                p.grad.mul_(coef)
+        finite = not guard_enabled or bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
+        return finite, norm
