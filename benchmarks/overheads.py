@@ -33,7 +33,7 @@ MLP = "recipes/mlp/config.yaml"
 BIG_MLP = ["task.in_dim=32", "task.hidden=2048", "task.depth=4", "task.num_train=4096", "task.num_val=0",
            "train.batch_size=32"]
 # Keys under which an asynchronous checkpoint save may be switched on (the first the config accepts is used).
-ASYNC_KEYS = ("checkpoint.async_save=true", "checkpoint.async=true", "checkpoint.mode=async")
+ASYNC_KEYS = ("checkpoint.async=true", "checkpoint.async_save=true")
 
 
 def env() -> dict:
@@ -117,6 +117,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="N of the data-wait comparison")
+    p.add_argument("--only", help="run only the probes whose name contains this text, e.g. 'checkpoint'")
     p.add_argument("--out")
     args = p.parse_args()
 
@@ -133,6 +134,8 @@ def main() -> None:
     }
     if akey:
         probes[f"checkpoint stall, asynchronous save ({akey})"] = lambda: checkpoint_stall([akey])
+    if args.only:
+        probes = {k: v for k, v in probes.items() if args.only in k}
     values: dict[str, list[float]] = {k: [] for k in probes}
     for r in range(args.repeats):
         for name, probe in probes.items():
