@@ -98,10 +98,20 @@ def _recipe_of(path: str, attr: str):
     return getattr(module, attr)
 
 
+def _libraries_to_stderr():
+    """export/predict print JSON on stdout for scripts to parse, but libraries imported on the way
+    print banners there (DeepSpeed's logger does when transformers finds Accelerate): send them to
+    stderr. A logger created during the import keeps that stream."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def cmd_recipe_export(args: argparse.Namespace) -> int:
     import json
 
-    meta = _recipe_of(args.run_dir, "export")(args.run_dir, args.out, checkpoint=args.checkpoint)
+    with _libraries_to_stderr():
+        meta = _recipe_of(args.run_dir, "export")(args.run_dir, args.out, checkpoint=args.checkpoint)
     print(json.dumps({"out": args.out, **meta}, indent=1))
     return 0
 
@@ -111,10 +121,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.texts) == bool(args.file):
         return _fail("give ticket texts or --file FILE (one of the two)")
-    predict = _recipe_of(args.source, "predict")
-    for row in predict(args.source, args.texts, file=args.file):
-        print(json.dumps(row, ensure_ascii=False))
-    return 0
+    with _libraries_to_stderr():
+        rows = iter(_recipe_of(args.source, "predict")(args.source, args.texts, file=args.file))
+    while True:
+        with _libraries_to_stderr():
+            row = next(rows, None)
+        if row is None:
+            return 0
+        print(json.dumps(row, ensure_ascii=False), flush=True)
 
 
 def cmd_slurm_submit(args: argparse.Namespace) -> int:
