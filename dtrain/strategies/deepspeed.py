@@ -86,8 +86,9 @@ def _merge(ours: dict, raw: dict, prefix: str, problems: list[str], source: str)
 def _safe_globals() -> list:
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address  # ZeRO 1/2 optimizer shards: (numel, start)
 
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 class DeepSpeedStrategy(Strategy):

@@ -56,6 +56,7 @@ def runs(tmp_path_factory):
         {"name": "ddp_1to2", "overrides": ["strategy=ddp", *ONE, *ASYNC, *CRASH], "crash": True},
     ])
     fsdp, ds3 = ["strategy=fsdp", *TWO, *ASYNC], ["strategy=deepspeed", "deepspeed.stage=3", *TWO]
+    ddp_dcp = ["strategy=ddp", *TWO, "checkpoint.format=dcp"]  # sharded format, synchronous saves
     out += _phase(tmp, 2, [
         {"name": "fsdp", "overrides": fsdp},
         {"name": "fsdp_resumed", "overrides": [*fsdp, *CRASH], "crash": True},
@@ -67,6 +68,12 @@ def runs(tmp_path_factory):
         *({"name": f"ds{s}", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO]} for s in (1, 2, 3)),
         {"name": "ds3_resumed", "overrides": [*ds3, *CRASH], "crash": True},
         {"name": "ds3_resumed", "overrides": ds3},
+        *({"name": f"ds{s}_resumed", "overrides": [*ds, *extra], **crash}
+          for s in (1, 2) for ds in [["strategy=deepspeed", f"deepspeed.stage={s}", *TWO]]
+          for extra, crash in ((CRASH, {"crash": True}), ([], {}))),
+        {"name": "ddp_dcp", "overrides": ddp_dcp},
+        {"name": "ddp_dcp_resumed", "overrides": [*ddp_dcp, *CRASH], "crash": True},
+        {"name": "ddp_dcp_resumed", "overrides": ddp_dcp},
     ])
     out += _phase(tmp, 1, [{"name": "fsdp_2to1", "overrides": ["strategy=fsdp", *ONE, *ASYNC]}])
     return tmp, out
@@ -116,8 +123,15 @@ def test_resume_is_bitwise_for_fsdp_and_deepspeed(runs):
     assert set(a) == set(b) and any(k.startswith("optim.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    a, b = weights(tmp / "ds3"), weights(tmp / "ds3_resumed")
-    assert all(torch.equal(a[k], b[k]) for k in a) and set(a) == set(b)
+    # ddp in the sharded format (synchronous): model and AdamW state, bit for bit
+    assert "ddp_dcp_resumed crashed: latest=step_00000004 incomplete=\n" in out
+    a, b = (read_full_model(_final(tmp / n) / "state", prefix="") for n in ("ddp_dcp", "ddp_dcp_resumed"))
+    assert set(a) == set(b) and any(k.startswith("optim.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for stage in (1, 2, 3):  # DeepSpeed's own save/load, every ZeRO stage: the weights, bit for bit
+        a, b = weights(tmp / f"ds{stage}"), weights(tmp / f"ds{stage}_resumed")
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), stage
 
 
 def _seen(run: Path, world: int, first: int) -> list[int]:
