@@ -29,9 +29,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from ticket_router_latency import machine  # noqa: E402
+from benchmarks.hostinfo import device_name  # noqa: E402
 
 from dtrain.checkpoint import CheckpointManager  # noqa: E402
 from dtrain.config import load_config  # noqa: E402
@@ -117,7 +116,7 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     base = statistics.median(results["no save"]["step_s"])
-    name = machine()
+    name = device_name()
     slug = "-".join(re.sub(r"[^a-z0-9 ]", "", re.sub(r"\((r|tm)\)", "", name.lower())).split()[:2]) or "unknown"
     today = datetime.date.today().isoformat()
     lines = [

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.step_time import machine  # noqa: E402
+from benchmarks.hostinfo import describe  # noqa: E402
 
 MLP = "recipes/mlp/config.yaml"
 BIG_MLP = ["task.in_dim=32", "task.hidden=2048", "task.depth=4", "task.num_train=4096", "task.num_val=0",
@@ -142,7 +142,7 @@ def main() -> None:
             values[name].append(probe())
             print(f"round {r + 1} {name}: {values[name][-1]:.4f}", flush=True)
 
-    lines = ["# dtrain overheads", "", f"{datetime.date.today()}, {machine()}; median of {args.repeats} interleaved runs.", "",
+    lines = ["# dtrain overheads", "", f"{datetime.date.today()}, {describe()}; median of {args.repeats} interleaved runs.", "",
              "| what | median | runs |", "| --- | --- | --- |"]
     for name, vals in values.items():
         unit = "" if "fraction" in name else " s"

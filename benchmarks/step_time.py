@@ -26,7 +26,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.hostinfo import describe  # noqa: E402
+
 VARIANTS = ("raw", "dtrain", "accelerate", "lightning")
 PEER_PACKAGE = {"accelerate": "accelerate", "lightning": "lightning"}
 
@@ -318,21 +321,6 @@ def run_one(variant: str, workload: str, nproc: int, log_every: int | None, step
         return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
@@ -356,8 +344,8 @@ def main() -> None:
     missing = [v for v in variants if v in PEER_PACKAGE and importlib.util.find_spec(PEER_PACKAGE[v]) is None]
     variants = [v for v in variants if v not in missing]
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
-    lines = [f"# Step time: raw DDP loop vs dtrain vs peers", "",
-             f"{datetime.date.today()}, {machine()}; {nproc} ranks "
+    lines = ["# Step time: raw DDP loop vs dtrain vs peers", "",
+             f"{datetime.date.today()}, {describe()}; {nproc} ranks "
              f"({'NCCL' if torch.cuda.is_available() else 'gloo'}), {args.rounds} interleaved rounds.", ""]
     if missing:
         lines += [f"Not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]').", ""]

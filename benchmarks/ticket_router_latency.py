@@ -27,17 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.hostinfo import device_name  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -112,7 +102,7 @@ def main() -> None:
     ref = statistics.median(times["eager"])
     rows = [(n, percentile(t, 50), percentile(t, 95), ref / statistics.median(t)) for n, t in times.items()]
     date = datetime.date.today().isoformat()
-    hw = machine()
+    hw = device_name()
     lines = [
         f"# Ticket router single-ticket latency — {hw}, {date}",
         "",
