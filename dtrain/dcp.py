@@ -1,9 +1,9 @@
 """torch.distributed.checkpoint (DCP) without unpickling: a reader and a planner that load only data.
 
 DCP keeps its index in a `.metadata` file that is a pickle, and its stock reader loads it with
-`pickle.load`; its default planner loads non-tensor values with `torch.load(weights_only=False)`. Either
-would run code from a crafted checkpoint. `SafeReader` unpickles `.metadata` with an allow-list of DCP's
-own metadata classes (and the few torch/stdlib types they hold); `SafeLoadPlanner` reads values with
+`pickle.load`; its default planner unpickles non-tensor values without restriction. Either would run
+code from a crafted checkpoint. `SafeReader` unpickles `.metadata` with an allow-list of DCP's own
+metadata classes (and the few torch/stdlib types they hold); `SafeLoadPlanner` reads values with
 `weights_only=True`. Every dtrain DCP load goes through both.
 """
 
