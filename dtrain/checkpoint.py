@@ -234,9 +234,13 @@ class CheckpointManager:
             os.kill(os.getpid(), signal.SIGKILL)
         hashes["optim.pt"] = save_file(optim, tmp / "optim.pt")
         hashes["train_state.pt"] = save_file(train_state, tmp / "train_state.pt")
-        files = sorted(hashes)
-        meta = {"format": FORMAT_VERSION, "step": step, "world_size": self.dist.world_size, "files": files,
-                "sha256": hashes}
+        self._commit(tmp, final, {"format": FORMAT_VERSION, "step": step, "world_size": self.dist.world_size,
+                                  "files": sorted(hashes), "sha256": hashes})
+        self.prune()
+
+    def _commit(self, tmp: Path, final: Path, meta: dict) -> None:
+        """Rank 0, every file of `tmp` written: meta.json last inside it, the directory renamed into
+        place, then `latest`. A crash before the rename leaves only `tmp`, never a complete-looking part."""
         write_text_atomic(tmp / "meta.json", json.dumps(meta, indent=1))
         _fsync_dir(tmp)
         if final.exists():  # same step saved again (e.g. a re-run after a crash): replace it
@@ -244,7 +248,6 @@ class CheckpointManager:
         os.replace(tmp, final)
         _fsync_dir(self.root)
         write_text_atomic(self.root / "latest", final.name + "\n")
-        self.prune()
 
     # ---------------------------------------------------------------- sharded formats (dcp, deepspeed)
     def begin_save(self, step: int, train_state: dict, write_state: Callable[[Path], Future | None],
@@ -318,16 +321,9 @@ class CheckpointManager:
             try:
                 if not isinstance(hashes, dict):
                     hashes = _hash_tree(pending.tmp)
-                files = sorted(hashes)
-                meta = {"format": FORMAT_VERSION, "kind": pending.kind, "step": pending.step,
-                        "world_size": self.dist.world_size, "files": files, "sha256": hashes}
-                write_text_atomic(pending.tmp / "meta.json", json.dumps(meta, indent=1))
-                _fsync_dir(pending.tmp)
-                if pending.final.exists():
-                    shutil.rmtree(pending.final)
-                os.replace(pending.tmp, pending.final)
-                _fsync_dir(self.root)
-                write_text_atomic(self.root / "latest", pending.final.name + "\n")
+                self._commit(pending.tmp, pending.final, {
+                    "format": FORMAT_VERSION, "kind": pending.kind, "step": pending.step,
+                    "world_size": self.dist.world_size, "files": sorted(hashes), "sha256": hashes})
                 if pending.best is not None:
                     write_text_atomic(self.root / "best.json", json.dumps(pending.best) + "\n")
                 self.prune()

@@ -450,7 +450,6 @@ class Trainer:
         self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
-
     def _rescale_after_world_size_change(self, before: int) -> None:
         """Steps left are counted afresh: the epoch goes on from its global sample position, with this
         world size's global batch. The schedule is rebuilt for the new total at the same step."""
