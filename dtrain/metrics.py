@@ -62,18 +62,10 @@ class StepMetrics:
     def _reset(self) -> None:
         self._start = time.perf_counter()
         self.wait_s = 0.0
-        """Seconds the loop waited for the DataLoader (the trainer adds to it around `next(batches)`)."""
+        """Seconds the loop waited for the DataLoader. The trainer adds to it around `next(batches)` inline:
+        a context manager there would cost microseconds a step."""
         self._samples = 0  # this rank's
         self._tokens = 0
-
-    @contextlib.contextmanager
-    def data_wait(self) -> Iterator[None]:
-        """Around fetching a batch (the trainer inlines this: a generator context costs microseconds a step)."""
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.wait_s += time.perf_counter() - t
 
     def count_flops(self, samples: int) -> ContextManager:
         """Around the forward and backward passes of one optimizer step; counts only the first time."""
