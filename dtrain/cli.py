@@ -121,14 +121,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.texts) == bool(args.file):
         return _fail("give ticket texts or --file FILE (one of the two)")
+    out = sys.stdout
     with _libraries_to_stderr():
-        rows = iter(_recipe_of(args.source, "predict")(args.source, args.texts, file=args.file))
-    while True:
-        with _libraries_to_stderr():
-            row = next(rows, None)
-        if row is None:
-            return 0
-        print(json.dumps(row, ensure_ascii=False), flush=True)
+        for row in _recipe_of(args.source, "predict")(args.source, args.texts, file=args.file):
+            print(json.dumps(row, ensure_ascii=False), file=out, flush=True)
+    return 0
 
 
 def cmd_slurm_submit(args: argparse.Namespace) -> int:
