@@ -435,9 +435,7 @@ class CheckpointManager:
         for name in meta["files"]:  # a missing part is named before anything is read
             if not (path / name).is_file():
                 raise CheckpointError(f"checkpoint file {path / name} is missing (listed in {path / 'meta.json'})")
-        for name in meta["files"]:  # shards are read by DCP / DeepSpeed: check their bytes first
-            if name.startswith("state/") and name in sums and _sha256(path / name) != sums[name]:
-                raise CheckpointError(f"checkpoint file {path / name} is corrupted: its sha256 does not match meta.json")
+        _verify_state_files(path, meta)
         part = lambda name: load_file(path / name, sums.get(name))  # noqa: E731
         torch_format = kind == "torch"
         return Loaded(
@@ -457,6 +455,14 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _verify_state_files(path: Path, meta: dict) -> None:
+    """Files under state/ are read by DCP / DeepSpeed, not by `load_file`: check their bytes first."""
+    sums = meta.get("sha256", {})
+    for name in meta["files"]:
+        if name.startswith("state/") and name in sums and _sha256(path / name) != sums[name]:
+            raise CheckpointError(f"checkpoint file {path / name} is corrupted: its sha256 does not match meta.json")
 
 
 def _hash_tree(root: Path) -> dict[str, str]:
@@ -483,9 +489,7 @@ def export_model(checkpoint: Path, out: Path) -> int:
     if meta is None:
         raise CheckpointError(f"{checkpoint} is not a complete dtrain checkpoint (no readable meta.json)")
     sums, kind = meta.get("sha256", {}), meta.get("kind", "torch")
-    for name in meta["files"]:
-        if name.startswith("state/") and name in sums and _sha256(checkpoint / name) != sums[name]:
-            raise CheckpointError(f"checkpoint file {checkpoint / name} is corrupted: its sha256 does not match meta.json")
+    _verify_state_files(checkpoint, meta)
     if kind == "dcp":  # every rank's shard, joined into whole tensors
         from dtrain.dcp import UnsafeCheckpointError, read_full_model
 
@@ -496,10 +500,7 @@ def export_model(checkpoint: Path, out: Path) -> int:
     elif kind == "deepspeed":  # whole fp32 weights, written beside DeepSpeed's shards at save time
         from safetensors.torch import load_file as load_safetensors
 
-        name = "state/model.safetensors"
-        if sums.get(name) and _sha256(checkpoint / name) != sums[name]:
-            raise CheckpointError(f"checkpoint file {checkpoint / name} is corrupted: its sha256 does not match meta.json")
-        state = load_safetensors(str(checkpoint / name))
+        state = load_safetensors(str(checkpoint / "state" / "model.safetensors"))  # hash checked above
     else:
         state = load_file(checkpoint / "model.pt", sums.get("model.pt"))
     # clone(): safetensors refuses tensors that share storage (tied weights).
