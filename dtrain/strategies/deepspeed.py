@@ -9,10 +9,10 @@ override. `deepspeed` is imported only here, only when this strategy is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-import contextlib
 from typing import Any, ContextManager
 
 import torch
