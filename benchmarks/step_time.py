@@ -60,6 +60,7 @@ def build_task(workload: str, rank: int, world: int):
     from dtrain.checkpoint import seed_everything
     from dtrain.config import build_dataclass
     from dtrain.dist import DistState
+    from dtrain.model_init import ModelSource
     from dtrain.recipe import BuildContext, resolve_recipe
 
     recipe = resolve_recipe(workload)
@@ -71,6 +72,8 @@ def build_task(workload: str, rank: int, world: int):
     task = recipe.build(cfg, BuildContext(dist=ds, seed=0, output_dir=Path(tempfile.mkdtemp(prefix="bench-"))))
     if workload == "ticket_router":
         task.collate_fn = FixedPad(task.collate_fn.pad_id, cfg.max_length)
+    # Every variant gets the same built model (dtrain's own builds it from this function the same way).
+    task.model = ModelSource.of(task.model, task.model_skeleton, seed=0).full()
     # from_pretrained returns a model in eval mode: train mode (dropout on) in every variant alike.
     task.model.train()
     return task

@@ -214,7 +214,7 @@ class CheckpointManager:
             except OSError as exc:
                 error = exc
                 shutil.rmtree(tmp, ignore_errors=True)
-        failed = all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.dist.device), self.dist)
+        failed = all_reduce_sum(0.0 if error is None else 1.0, self.dist)
         if failed.item():
             previous = self.newest_complete()
             cause = (f"{error.strerror or error} ({error.filename})" if error is not None and error.filename
@@ -298,7 +298,7 @@ class CheckpointManager:
         only at the next save."""
         if self._pending is None or self._pending.handle is None:
             return
-        done = torch.tensor([1.0 if self._pending.handle.done() else 0.0], device=self.dist.device)
+        done = 1.0 if self._pending.handle.done() else 0.0
         if all_reduce_sum(done, self.dist).item() == self.dist.world_size:
             self.finish()
 
@@ -345,7 +345,7 @@ class CheckpointManager:
 
     def _check_all(self, error: BaseException | None, final: Path, tmp: Path | None = None) -> None:
         """Every rank learns whether any rank failed; all raise the same CheckpointError if so."""
-        failed = all_reduce_sum(torch.tensor([0.0 if error is None else 1.0], device=self.dist.device), self.dist)
+        failed = all_reduce_sum(0.0 if error is None else 1.0, self.dist)
         if not failed.item():
             return
         if tmp is not None and self.dist.is_main:
@@ -475,10 +475,9 @@ def _wait_then_hash(write: Future, root: Path) -> dict[str, str]:
     return _hash_tree(root)
 
 
-def export_model(checkpoint: Path, out: Path) -> int:
-    """Write a checkpoint's model weights as one safetensors file; returns the number of tensors."""
-    from safetensors.torch import save_file as save_safetensors
-
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's whole model weights (fp32 master weights where training kept them), whatever its
+    format; `checkpoint` is one checkpoint or a run's checkpoints/ directory (then its newest)."""
     checkpoint = Path(checkpoint)
     if checkpoint.name == "checkpoints" or (checkpoint / "latest").is_file():
         latest = CheckpointManager(checkpoint, None).newest_complete()  # type: ignore[arg-type]
@@ -503,6 +502,14 @@ def export_model(checkpoint: Path, out: Path) -> int:
         state = load_safetensors(str(checkpoint / "state" / "model.safetensors"))  # hash checked above
     else:
         state = load_file(checkpoint / "model.pt", sums.get("model.pt"))
+    return state
+
+
+def export_model(checkpoint: Path, out: Path) -> int:
+    """Write a checkpoint's model weights as one safetensors file; returns the number of tensors."""
+    from safetensors.torch import save_file as save_safetensors
+
+    state = read_weights(checkpoint)
     # clone(): safetensors refuses tensors that share storage (tied weights).
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
     out = Path(out)

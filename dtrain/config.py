@@ -32,7 +32,8 @@ class TrainConfig:
     epochs: int = 1
     """Passes over the training set; the run ends at whichever of epochs / max_steps comes first."""
     max_steps: int | None = None
-    """Optimizer steps to run in total (None: as many as `epochs` give)."""
+    """Optimizer steps to run in total (None: as many as `epochs` give). 0: set up (build, shard and place
+    the model, make the optimizer) and stop: a quick check of a configuration and its memory (memory.json)."""
     batch_size: int = 32
     """Micro-batch size per rank. Global batch = batch_size * grad_accum_steps * world size."""
     grad_accum_steps: int = 1
@@ -63,10 +64,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every", "max_nonfinite_in_a_row"):
             if getattr(self, name) <= 0:
                 bad.append(f"train.{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                bad.append(f"train.{name}: must be > 0 or null, got {v}")
+        if self.max_steps is not None and self.max_steps < 0:
+            bad.append(f"train.max_steps: must be >= 0 or null, got {self.max_steps}")
+        if self.eval_every is not None and self.eval_every <= 0:
+            bad.append(f"train.eval_every: must be > 0 or null, got {self.eval_every}")
         if self.grad_clip is not None and self.grad_clip < 0:
             bad.append(f"train.grad_clip: must be >= 0 or null, got {self.grad_clip}")
         if isinstance(self.num_workers, int) and self.num_workers < 0:
@@ -316,6 +317,9 @@ class RunConfig:
                 bad.append(f"deepspeed.offload_params: needs deepspeed.stage=3, got stage {self.deepspeed.stage}")
             if tc.compile:
                 bad.append("train.compile: not supported with strategy deepspeed yet; set train.compile=false")
+            if self.deepspeed.offload_optimizer and self.optim.name != "adamw":
+                bad.append(f"deepspeed.offload_optimizer: steps DeepSpeed's CPU Adam, but optim.name is "
+                           f"{self.optim.name!r}; set optim.name=adamw or deepspeed.offload_optimizer=false")
         elif self.deepspeed.config is not None:
             bad.append(f"deepspeed.config: given, but strategy is {self.strategy}; set strategy=deepspeed")
         if ck.async_save and ck.format == "torch":

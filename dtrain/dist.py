@@ -126,27 +126,27 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def backend_for(device: torch.device) -> str:
+    """NCCL for CUDA tensors plus gloo for CPU ones (as torchtitan's init does): FSDP's CPU offload reduces
+    CPU gradients and DCP gathers CPU objects, and NCCL alone refuses CPU tensors. Gloo on a CPU run."""
+    return "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mapping[str, str] = os.environ) -> DistState:
-    """Join the process group the launcher describes (none for a single process)."""
+    """Join the process group the launcher describes. Under a launcher the group exists even at world
+    size 1, so a one-GPU run goes through every collective an eight-GPU run does; a plain process (the
+    debugging run) has none until a strategy asks for one (`ensure_process_group`)."""
     e = read_env(env)
     dev = pick_device(device, e.local_rank)
     if dev.type == "cuda":
         # Before init: NCCL binds each rank's communicator to the current device.
         torch.cuda.set_device(dev)
-    if e.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if e.launcher != "single" and not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
-        if e.launcher == "torchrun":
-            dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None)
-        else:
-            dist.init_process_group(
-                backend,
-                init_method=f"tcp://{e.master_addr}:{e.master_port}",
-                rank=e.rank,
-                world_size=e.world_size,
-                timeout=timeout,
-                device_id=dev if dev.type == "cuda" else None,
-            )
+        kwargs: dict = {"timeout": timeout, "device_id": dev if dev.type == "cuda" else None}
+        if e.launcher != "torchrun":
+            kwargs.update(init_method=f"tcp://{e.master_addr}:{e.master_port}", rank=e.rank, world_size=e.world_size)
+        dist.init_process_group(backend_for(dev), **kwargs)
     return DistState(e.rank, e.world_size, e.local_rank, e.local_world_size, dev, e.launcher)
 
 
@@ -175,41 +175,83 @@ def distributed(device: str = "auto", timeout_s: float = 600.0) -> Iterator[Dist
     destroy_distributed()
 
 
-# ---------------------------------------------------------------- small collectives (no-ops at world 1)
+# ---------------------------------------------------------------- collectives
+# Every collective dtrain issues goes through these functions (a test checks that no other module calls
+# torch.distributed's). Each one runs whenever a process group exists, also at world size 1, and puts
+# its tensor on the rank's compute device first: NCCL refuses CPU tensors, and a CPU run cannot show it.
 
 
-def all_reduce_sum(t: torch.Tensor, state: DistState) -> torch.Tensor:
-    if state.is_distributed:
+def has_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _on_device(value, state: DistState, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`value` (a number, or a tensor on any device) as a tensor on the compute device, never an alias
+    of the caller's tensor (collectives work in place)."""
+    t = torch.as_tensor(value, dtype=dtype)
+    moved = t.to(state.device)
+    return moved.clone() if moved is value else moved
+
+
+def all_reduce_sum(value, state: DistState, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The sum over ranks, as a new tensor on the compute device (`value` is not changed)."""
+    t = _on_device(value, state, dtype)
+    if has_group():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
+def all_reduce_max(value, state: DistState, dtype: torch.dtype | None = None) -> torch.Tensor:
+    t = _on_device(value, state, dtype)
+    if has_group():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def broadcast_(t: torch.Tensor, state: DistState, src: int = 0) -> torch.Tensor:
+    """In place: `src`'s values in `t` on every rank. `t` must already be on the compute device."""
+    if t.device != state.device:
+        raise ValueError(f"broadcast_ needs a tensor on {state.device}, got one on {t.device}")
+    if has_group():
+        dist.broadcast(t, src=src)
+    return t
+
+
 def barrier(state: DistState) -> None:
-    if state.is_distributed:
-        dist.barrier()
+    if has_group():
+        # device_ids: NCCL otherwise guesses the device from the rank, and warns.
+        dist.barrier(device_ids=[state.device.index] if state.device.type == "cuda" else None)
 
 
 def gather_objects(obj, state: DistState) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
-    if not state.is_distributed:
+    if not has_group():
         return [obj]
-    out = [None] * state.world_size
+    out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
 def broadcast_object(obj, state: DistState, src: int = 0):
-    if not state.is_distributed:
+    if not has_group():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, device=state.device)
     return box[0]
+
+
+def new_gloo_group(timeout_s: float):
+    """A gloo group of its own (checkpoint I/O in a background thread must not share the training
+    loop's communicator); None without a process group."""
+    if not has_group():
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def ensure_process_group(state: DistState, timeout_s: float = 600.0) -> None:
     """A one-rank group for a single process: FSDP's device mesh and DeepSpeed need one even alone.
     In-process store, no port; torn down with the rest by `destroy_distributed`."""
     if not dist.is_initialized():
-        backend = "nccl" if state.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend_for(state.device), store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=state.device if state.device.type == "cuda" else None)

@@ -43,11 +43,32 @@ def default_peak_flops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+def host_peak_mb() -> float:
+    """This process's peak resident set. VmHWM counts from this program's start; ru_maxrss (the fallback
+    off Linux) also carries over what the launcher that forked it held."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: the most memory tensors have held on this device. CPU: the process's peak resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return host_peak_mb()
+
+
+def memory_peaks(device: torch.device) -> dict[str, float]:
+    """Peaks so far of this rank: host memory always, device memory on a GPU."""
+    out = {"host_peak_mb": round(host_peak_mb(), 1)}
+    if device.type == "cuda":
+        out["device_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
 
 
 class StepMetrics:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dtrain.dist import DistState, all_reduce_sum
+from dtrain.dist import DistState, all_reduce_sum, has_group
 
 EXIT_PREEMPTED = 75
 """Exit code of a run that checkpointed and stopped on request (EX_TEMPFAIL): requeue me."""
@@ -62,7 +62,7 @@ class StopRequest:
         """After optimizer step `step`: the reason to stop if any rank was asked to, else None.
 
         Collective on the steps all ranks meet on (every rank calls this after every step)."""
-        if not self.dist.is_distributed:
+        if not has_group():
             return self.received or ("marker" if self.marker.exists() else None)
         if step < self._next_check:
             return None
@@ -75,7 +75,7 @@ class StopRequest:
                 interval = max(1.0, min(float(int(rate * self.check_every_s)), 1000.0))
             self._last_check = (step, now)
         # Only rank 0 adds an interval, so the sum is its value on every rank.
-        t = all_reduce_sum(torch.tensor([1.0 if local else 0.0, interval], device=device), self.dist).tolist()
+        t = all_reduce_sum([1.0 if local else 0.0, interval], self.dist).tolist()
         self._next_check = step + max(1, int(t[1]))
         self.meetings += 1
         return (local or "another rank") if t[0] > 0 else None

@@ -43,8 +43,14 @@ def _default_forward(model: nn.Module, batch: Any) -> Any:
 
 @dataclass
 class Task:
-    model: nn.Module
-    """Built on the CPU; the Trainer moves, compiles and wraps it."""
+    model: nn.Module | Callable[[], nn.Module]
+    """A function that builds the model on the CPU, weights and all (preferred), or the built module.
+
+    With a function, the strategy decides where the model comes into being: ddp and ZeRO 1/2 build it
+    on every rank (seeded alike); fsdp and ZeRO-3 build it whole on rank 0 only, every other rank builds
+    an empty skeleton (`model_skeleton`) and receives just its shard of rank 0's weights, so no GPU
+    (and no other rank's memory) ever holds the whole model. A module built in `build` exists whole on
+    every rank: fine for ddp, a waste for the sharding strategies."""
     train_data: Dataset
     loss_fn: Callable[[Any, Any], torch.Tensor]
     """(outputs, batch) -> the MEAN loss over the batch's samples (the Trainer relies on mean)."""
@@ -73,6 +79,10 @@ class Task:
     parameters are gathered for its own forward/backward only, so peak memory is about one unit's full
     parameters plus everything's shards. None: the whole model is one unit. With
     fsdp.activation_checkpointing these are also the units whose activations are recomputed."""
+    model_skeleton: Callable[[], nn.Module] | None = None
+    """The same architecture built without reading any weights file, e.g. `from_config` where `model`
+    calls `from_pretrained` (which refuses the meta device). Called under `torch.device('meta')`, or
+    DeepSpeed's `zero.Init`; None: `model` itself is used (fine when it only initializes randomly)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Anything the recipe wants to keep (label names, tokenizer...)."""
 

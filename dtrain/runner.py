@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dtrain.checkpoint import seed_everything
 from dtrain.config import RunConfig
-from dtrain.dist import distributed
+from dtrain.dist import DistState, distributed
 from dtrain.recipe import BuildContext, resolve_recipe
 from dtrain.trainer import Trainer
 
@@ -14,10 +14,17 @@ from dtrain.trainer import Trainer
 def train(cfg: RunConfig) -> dict[str, float]:
     """Train `cfg` in this process (as the only rank, or as one rank of torchrun / srun)."""
     with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
-        # Same seed on every rank while the model is built, so initial weights agree even before
-        # DDP broadcasts them; then one stream per rank for augmentation and dropout.
-        seed_everything(cfg.seed)
-        recipe = resolve_recipe(cfg.recipe)
-        task = recipe.build(cfg.task, BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir)))
-        seed_everything(cfg.seed + ds.rank)
-        return Trainer(cfg, ds, task).fit()
+        return build_trainer(cfg, ds).fit()
+
+
+def build_trainer(cfg: RunConfig, ds: DistState) -> Trainer:
+    """The recipe's task and its Trainer, in a process group that already exists (several runs may
+    share one: the test workers and benchmarks/gpu_check.py)."""
+    # Same seed on every rank while the recipe builds its data (and a model it builds itself); the
+    # Trainer builds a model given as a function under the same seed. Then one stream per rank for
+    # augmentation and dropout.
+    seed_everything(cfg.seed)
+    recipe = resolve_recipe(cfg.recipe)
+    task = recipe.build(cfg.task, BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir)))
+    seed_everything(cfg.seed + ds.rank)
+    return Trainer(cfg, ds, task)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.distributed as tdist
 
 from dtrain.checkpoint import CheckpointError, CheckpointManager, restore_rng
 from dtrain.config import RunConfig, dump_yaml, to_dict
@@ -27,10 +26,11 @@ from dtrain.data import (
     micro_batch_sizes,
     move_to,
 )
-from dtrain.dist import DistState, all_reduce_sum
+from dtrain.dist import DistState, all_reduce_sum, gather_objects
 from dtrain.early_stopping import EarlyStopping
 from dtrain.loggers import MetricsLogger
-from dtrain.metrics import StepMetrics, count_tokens, default_peak_flops
+from dtrain.metrics import StepMetrics, count_tokens, default_peak_flops, memory_peaks
+from dtrain.model_init import ModelSource
 from dtrain.nonfinite import NonFiniteGuard
 from dtrain.preemption import Preempted, StopRequest
 from dtrain.redact import redact
@@ -53,14 +53,13 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.device = dist.device
 
-        model = task.model.to(self.device)
-        if tc.compile:
-            model.compile(mode=None if tc.compile is True else tc.compile)
         self.precision = Precision(tc.precision, self.device)
-        # The strategy (ddp, fsdp, deepspeed) wraps model and optimizer. `self.model` is what evaluation
-        # and checkpoints see, `self.train_model` what the loop calls.
+        # The strategy (ddp, fsdp, deepspeed) builds the model where it belongs (sharded ones never whole
+        # on a GPU), compiles and wraps it, and makes the optimizer. `self.model` is what evaluation and
+        # checkpoints see, `self.train_model` what the loop calls.
         self.strategy = build_strategy(cfg, dist, self.precision, task)
-        self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim))
+        self.strategy.setup(ModelSource.of(task.model, task.model_skeleton, cfg.seed),
+                            lambda m: build_optimizer(m, cfg.optim))
         self.model, self.train_model, self.optimizer = self.strategy.model, self.strategy.train_model, self.strategy.optimizer
         self.ckpt_format = cfg.checkpoint_format
 
@@ -112,6 +111,7 @@ class Trainer:
         # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._window_n = 0
+        self.setup_memory = memory_peaks(self.device)  # model built, sharded and placed; optimizer made
 
     # ================================================================== the loop
     def fit(self) -> dict[str, float]:
@@ -134,6 +134,7 @@ class Trainer:
                     if self.step >= self.total_steps or self.stopped_early:
                         break
             self.ckpt.finish()  # an async save still in flight completes before the run reports done
+            self._write_memory_report()
             self.logger.info(f"done: {self.step} steps, {self.epoch} epochs, output in {self.run_dir}")
             if self.test_loader is not None:
                 self.test()
@@ -276,7 +277,9 @@ class Trainer:
             count += n
             if self.task.eval_stats is not None:
                 for k, v in self.task.eval_stats(outputs, batch).items():
-                    v = v.detach().double()
+                    # A Python number or a CPU tensor is fine: sums live on the compute device, where
+                    # the reduction (NCCL on GPUs) needs them.
+                    v = torch.as_tensor(v).detach().to(self.device, torch.float64)
                     sums[k] = sums[k] + v if k in sums else v
         for _ in range(extra if batch is not None else 0):
             with self.precision.autocast():
@@ -307,17 +310,11 @@ class Trainer:
         return metrics
 
     def _reduce_sums(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.dist.is_distributed:
-            return sums
         # A rank whose shard was empty has no recipe keys; agree on keys and shapes first.
-        shapes = [None] * self.dist.world_size
-        tdist.all_gather_object(shapes, {k: tuple(v.shape) for k, v in sums.items()})
+        shapes = gather_objects({k: tuple(v.shape) for k, v in sums.items()}, self.dist)
         merged = {k: s for d in shapes for k, s in d.items()}
-        out = {}
-        for k in sorted(merged):
-            t = sums.get(k, torch.zeros(merged[k], dtype=torch.float64, device=self.device)).clone()
-            out[k] = all_reduce_sum(t, self.dist)
-        return out
+        return {k: all_reduce_sum(sums[k] if k in sums else torch.zeros(merged[k]), self.dist, torch.float64)
+                for k in sorted(merged)}
 
     def _is_improvement(self, metrics: dict[str, float]) -> bool:
         cc = self.cfg.checkpoint
@@ -337,7 +334,7 @@ class Trainer:
     # ================================================================== logging
     def _log_train(self) -> None:
         # Every rank draws the same micro-batch sizes, so the global sample count needs no collective.
-        total = all_reduce_sum(self._window_loss.clone(), self.dist)
+        total = all_reduce_sum(self._window_loss, self.dist)
         loss = total.item() / max(1, self._window_n * self.dist.world_size)
         record = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
         if self._grad_norm is not None:
@@ -348,6 +345,14 @@ class Trainer:
         self.logger.log(record)
         self._window_loss.zero_()
         self._window_n = 0
+
+    def _write_memory_report(self) -> None:
+        """memory.json: each rank's peak host (and GPU) memory at the end of set-up and of training."""
+        ranks = gather_objects({"rank": self.dist.rank, "setup": self.setup_memory,
+                                "train": memory_peaks(self.device)}, self.dist)
+        if self.dist.is_main:
+            report = {"device": str(self.device), "strategy": self.cfg.strategy, "ranks": ranks}
+            (self.run_dir / "memory.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
     # ================================================================== checkpoints
     def state_dict(self) -> dict:
@@ -402,7 +407,7 @@ class Trainer:
             except CheckpointError as exc:
                 loaded, problem = None, str(exc)
             # All ranks must resume from the same step: skip a checkpoint if any rank cannot read its part.
-            bad = all_reduce_sum(torch.tensor([0.0 if loaded else 1.0], device=self.device), self.dist).item()
+            bad = all_reduce_sum(0.0 if loaded else 1.0, self.dist).item()
             if not bad:
                 return loaded
             print(f"[dtrain] warning (rank {self.dist.rank}): {problem or 'another rank cannot load ' + str(path)}; "

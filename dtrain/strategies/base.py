@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
-import torch.distributed as tdist
 from torch import nn
 
 from dtrain.config import RunConfig
-from dtrain.dist import DistState
+from dtrain.dist import DistState, all_reduce_max, new_gloo_group
+from dtrain.model_init import ModelSource
 from dtrain.precision import Precision
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -35,7 +34,8 @@ class Strategy:
         self._ckpt_group = None
 
     # ------------------------------------------------------------------ set-up and the step
-    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def setup(self, source: ModelSource, make_optimizer: OptimizerFactory) -> None:
+        """Build the model where this strategy wants it (see dtrain.model_init), wrap it, make the optimizer."""
         raise NotImplementedError
 
     def sync(self, last: bool) -> ContextManager:
@@ -67,18 +67,16 @@ class Strategy:
 
     def extra_eval_passes(self, local_batches: int) -> int:
         """Forward passes this rank must add so every rank runs as many as the busiest one."""
-        if not self.lockstep_eval or not self.dist.is_distributed:
+        if not self.lockstep_eval:
             return 0
-        t = torch.tensor([local_batches], device=self.dist.device)
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return int(t.item()) - local_batches
+        return int(all_reduce_max(local_batches, self.dist).item()) - local_batches
 
     # ------------------------------------------------------------------ checkpoints (dcp format)
     def checkpoint_group(self):
         """A gloo group of its own for checkpoint I/O: an async save's collectives run in a background
         thread, and must never interleave with the training loop's on the default group."""
-        if self._ckpt_group is None and tdist.is_initialized():
-            self._ckpt_group = tdist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=self.cfg.dist.timeout_s))
+        if self._ckpt_group is None:
+            self._ckpt_group = new_gloo_group(self.cfg.dist.timeout_s)
         return self._ckpt_group
 
     def _dcp_state(self) -> dict:

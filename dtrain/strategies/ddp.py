@@ -8,16 +8,23 @@ from typing import ContextManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from dtrain.dist import has_group
+from dtrain.model_init import ModelSource
 from dtrain.strategies.base import OptimizerFactory, Strategy
 
 
 class DDPStrategy(Strategy):
     name = "ddp"
 
-    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def setup(self, source: ModelSource, make_optimizer: OptimizerFactory) -> None:
+        # A replica on every rank: each builds the same (seeded) weights; DDP checks they agree.
+        model = source.full().to(self.dist.device)
+        tc = self.cfg.train
+        if tc.compile:
+            model.compile(mode=None if tc.compile is True else tc.compile)
         self.model = model
         self.ddp = None
-        if self.dist.is_distributed:
+        if has_group():  # also at world size 1 under a launcher: the same collectives as at 8 ranks
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             self.ddp = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True)
         self.train_model = self.ddp or model

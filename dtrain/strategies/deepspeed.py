@@ -21,25 +21,28 @@ from torch import nn
 from dtrain.checkpoint import CheckpointError
 from dtrain.config import ConfigError, RunConfig
 from dtrain.dist import ensure_process_group
+from dtrain.model_init import SOURCE_RANK, ModelSource, non_persistent_buffers, send_buffers
 from dtrain.strategies.base import OptimizerFactory, Strategy
 
 OWNED = "set it in dtrain's config instead (one source of truth)"
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dtrain's keys imply, merged with `deepspeed.config` (a conflict is an error)."""
+def deepspeed_config(cfg: RunConfig, world_size: int, precision: str) -> dict[str, Any]:
+    """The DeepSpeed config dtrain's keys imply, merged with `deepspeed.config` (a conflict is an error).
+
+    `precision` is the resolved mode (Precision.mode), never `auto`: DeepSpeed must run in the precision
+    dtrain's autocast uses, or `precision: auto` would keep fp32 weights under bf16 autocast."""
     tc, dc = cfg.train, cfg.deepspeed
     ours: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": tc.batch_size,
         "gradient_accumulation_steps": tc.grad_accum_steps,
         "train_batch_size": tc.batch_size * tc.grad_accum_steps * world_size,
         "gradient_clipping": float(tc.grad_clip or 0.0),
-        "bf16": {"enabled": tc.precision == "bf16"},
-        "fp16": {"enabled": tc.precision == "fp16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
         "zero_optimization": {"stage": dc.stage},
         # dtrain's torch optimizer is not one DeepSpeed has "tested": it is, here.
         "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,  # dtrain logs; keep DeepSpeed's own step lines quiet
         "wall_clock_breakdown": False,
     }
@@ -91,10 +94,17 @@ def _safe_globals() -> list:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
+def cpu_adam_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """DeepSpeedCPUAdam's arguments for dtrain's optim.* (offload_optimizer steps Adam on the CPU, where
+    DeepSpeed's vectorised kernel is several times faster than torch's AdamW)."""
+    oc = cfg.optim  # optim.name is adamw: the config refuses anything else with offload_optimizer
+    return {"lr": oc.lr, "betas": tuple(oc.betas), "adamw_mode": True}
+
+
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
 
-    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def setup(self, source: ModelSource, make_optimizer: OptimizerFactory) -> None:
         ensure_process_group(self.dist, self.cfg.dist.timeout_s)
         # DeepSpeed reads its rank from the environment, which only torchrun fills; a single process
         # and an srun task say it here, from the DistState that dtrain found.
@@ -103,8 +113,22 @@ class DeepSpeedStrategy(Strategy):
             os.environ.setdefault(key, str(value))
         import deepspeed
 
-        self.optimizer = make_optimizer(model)
-        self.ds_config = deepspeed_config(self.cfg, self.dist.world_size)
+        self.ds_config = deepspeed_config(self.cfg, self.dist.world_size, self.precision.mode)
+        stage3 = self.cfg.deepspeed.stage == 3
+        if stage3 and source.can_defer:
+            model = self._build_partitioned(source, deepspeed)
+        else:
+            # ZeRO 1/2 keep every parameter whole on every GPU: the CPU model is handed over, and
+            # DeepSpeed moves it (a prebuilt module under stage 3 too, whole: give Task.model a function).
+            model = source.full()
+        if self.cfg.deepspeed.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            groups = make_optimizer(model).param_groups  # dtrain's weight-decay groups
+            self.optimizer = DeepSpeedCPUAdam([{k: g[k] for k in ("params", "weight_decay")} for g in groups],
+                                              **cpu_adam_kwargs(self.cfg))
+        else:
+            self.optimizer = make_optimizer(model)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=self.ds_config,
                                                dist_init_required=False)
         self.engine = engine
@@ -118,6 +142,23 @@ class DeepSpeedStrategy(Strategy):
                 return torch.load(path, map_location=map_location, weights_only=True)
 
         engine.checkpoint_engine.load = load
+
+    def _build_partitioned(self, source: ModelSource, deepspeed) -> nn.Module:
+        """ZeRO-3: every rank builds the skeleton under zero.Init (each parameter partitioned as soon as
+        its module is built), then rank 0's weights are copied in one parameter at a time."""
+        # The dtype comes from the config (DeepSpeed's own default picks bf16 on a CPU). No memory-efficient
+        # linear: it replaces torch.nn.functional.linear for the rest of the process, other models too.
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config, mem_efficient_linear=False):
+            model = source.skeleton(meta=False)
+        full = source.full() if self.dist.rank == SOURCE_RANK else None
+        for name, param in model.named_parameters():
+            # Gathered whole for a moment; rank 0's values are partitioned to every rank on exit.
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=SOURCE_RANK):
+                if full is not None:
+                    param.data.copy_(full.get_parameter(name).data)
+        # Buffers are not partitioned: each rank has them whole, rank 0's values are sent.
+        send_buffers({name: buf for name, buf in model.named_buffers()}, full, self.dist)
+        return model
 
     def sync(self, last: bool) -> ContextManager:
         # DeepSpeed counts micro-steps itself; telling it where dtrain's window ends keeps a short last
@@ -152,9 +193,21 @@ class DeepSpeedStrategy(Strategy):
         return None
 
     def _full_weights(self) -> dict[str, torch.Tensor]:
-        if self.cfg.deepspeed.stage == 3:
-            return self.engine._zero3_consolidated_16bit_state_dict() or {}  # collective; full on rank 0
-        return self.engine.module.state_dict()
+        """The fp32 master weights, whole (collective under ZeRO: each is assembled from its partitions),
+        and the buffers; under bf16/fp16 the module itself only holds 16-bit copies."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        module = self.engine.module
+        full: dict[int, torch.Tensor] = {}  # by parameter: tied weights are assembled once
+        weights = {}
+        for name, p in module.named_parameters(remove_duplicate=False):
+            if id(p) not in full:
+                master = safe_get_full_fp32_param(p)  # None where DeepSpeed keeps no separate master
+                full[id(p)] = master if master is not None else p.detach().float()
+            weights[name] = full[id(p)]
+        skip = non_persistent_buffers(module)
+        weights.update({name: b for name, b in module.named_buffers() if name not in skip})
+        return weights
 
     def load_state(self, path: Path) -> None:
         loaded, _ = self.engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=False)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dtrain.dist import ensure_process_group
+from dtrain.model_init import SOURCE_RANK, ModelSource, non_persistent_buffers, send_buffers
 from dtrain.strategies.base import OptimizerFactory, Strategy
 
 
@@ -26,7 +27,7 @@ class FSDPStrategy(Strategy):
         super().__init__(*args)
         self.shard_units = shard_units
 
-    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def setup(self, source: ModelSource, make_optimizer: OptimizerFactory) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -36,6 +37,11 @@ class FSDPStrategy(Strategy):
                              "set fsdp.cpu_offload=false")
         ensure_process_group(self.dist, self.cfg.dist.timeout_s)
         mesh = init_device_mesh(device.type, (self.dist.world_size,))
+        # Shard before placing: every rank shards an empty skeleton and only shards get memory; rank 0's
+        # whole CPU model is the source of the weights (a prebuilt module is sharded as it is: fully_shard
+        # moves one unit at a time to the device).
+        deferred = source.can_defer
+        model = source.skeleton() if deferred else source.prebuilt
         kwargs: dict = {"mesh": mesh, "reshard_after_forward": fc.reshard_after_forward}
         if self.precision.mode == "bf16":
             # Compute in bf16, reduce gradients and keep the sharded master weights in fp32.
@@ -59,8 +65,27 @@ class FSDPStrategy(Strategy):
         for unit in units:
             fully_shard(unit, **kwargs)
         fully_shard(model, **kwargs)
+        if deferred:
+            self._load_source_weights(model, source, offload=fc.cpu_offload)
         self.model = self.train_model = model
         self.optimizer = make_optimizer(model)  # after sharding: it must hold the DTensor shards
+
+    def _load_source_weights(self, model: nn.Module, source: ModelSource, offload: bool) -> None:
+        """Give the sharded skeleton memory and fill it with rank 0's weights, one tensor at a time."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        device = self.dist.device
+        # With CPU offload the parameters live in CPU memory; buffers are used in forward, on the GPU.
+        model.to_empty(device="cpu" if offload else device)
+        if offload:
+            for module in model.modules():
+                for name, buf in module._buffers.items():
+                    if buf is not None:
+                        module._buffers[name] = buf.to(device)
+        full = source.full() if self.dist.rank == SOURCE_RANK else None
+        set_model_state_dict(model, full.state_dict() if full is not None else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True))
+        send_buffers(non_persistent_buffers(model), full, self.dist)
 
     def sync(self, last: bool) -> ContextManager:
         # Accumulate unsharded-sum gradients locally; reduce-scatter once, on the window's last backward.

@@ -75,13 +75,13 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         return inputs + cfg.input_noise * torch.randn_like(inputs), labels
 
     return Task(
-        model=MLP(cfg),
+        model=lambda: MLP(cfg),  # built where the strategy wants it (whole on rank 0 only for fsdp)
         train_data=train,
         val_data=val if cfg.num_val else None,
         loss_fn=lambda logits, batch: F.cross_entropy(logits.float(), batch[1]),
         eval_stats=lambda logits, batch: {
             "correct": (logits.argmax(-1) == batch[1]).sum(),
-            "count": torch.tensor(len(batch[1])),
+            "count": len(batch[1]),  # a Python number: the trainer puts sums on the device
             "confusion": torch.bincount(batch[1] * cfg.num_classes + logits.argmax(-1),
                                         minlength=cfg.num_classes**2).view(cfg.num_classes, -1),
         },

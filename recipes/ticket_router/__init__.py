@@ -86,6 +86,15 @@ def load_model(path: Path, names: list[str]):
     )
 
 
+def skeleton_model(path: Path, names: list[str]):
+    """The architecture of `load_model` without its weights (ranks that receive a shard of rank 0's)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True, num_labels=len(names),
+                                        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    return AutoModelForSequenceClassification.from_config(config)
+
+
 def load_data(cfg: Config, seed: int) -> tuple[Tickets, Tickets | None, dict[str, list[int]]]:
     """(tickets, separate validation tickets or None, split indices into `tickets`); every check made."""
     tickets = load_tickets(cfg.data_path or SHIPPED, cfg.labels)
@@ -129,7 +138,8 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     return Task(
-        model=load_model(model_dir, tickets.names),
+        model=lambda: load_model(model_dir, tickets.names),
+        model_skeleton=lambda: skeleton_model(model_dir, tickets.names),
         train_data=data["train"],
         val_data=data["val"],
         test_data=data["test"],

@@ -84,8 +84,9 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
     train_data = torch.utils.data.Subset(dataset, train_idx)
     val_data = torch.utils.data.Subset(dataset, val_idx)
 
-    model = ResNet(in_channels=cfg.channels, num_classes=len(classes), widths=list(cfg.widths),
-                   blocks_per_stage=cfg.blocks_per_stage)
+    def model():
+        return ResNet(in_channels=cfg.channels, num_classes=len(classes), widths=list(cfg.widths),
+                      blocks_per_stage=cfg.blocks_per_stage)
 
     def loss_fn(logits, batch):
         return F.cross_entropy(logits.float(), batch[1])

@@ -10,11 +10,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from dtrain.checkpoint import seed_everything
 from dtrain.config import load_config
 from dtrain.dist import barrier, distributed
-from dtrain.recipe import BuildContext, resolve_recipe
-from dtrain.trainer import FaultInjected, Trainer
+from dtrain.runner import build_trainer
+from dtrain.trainer import FaultInjected
 
 with distributed("cpu") as ds:
     for item in json.loads(sys.argv[1]):
@@ -24,10 +23,7 @@ with distributed("cpu") as ds:
             barrier(ds)
             continue
         cfg = load_config("recipes/mlp/config.yaml", item["overrides"])
-        seed_everything(cfg.seed)
-        task = resolve_recipe(cfg.recipe).build(cfg.task, BuildContext(ds, cfg.seed, Path(cfg.output_dir)))
-        seed_everything(cfg.seed + ds.rank)
-        trainer = Trainer(cfg, ds, task)
+        trainer = build_trainer(cfg, ds)
         try:
             trainer.fit()
             assert not item.get("crash"), f"{item['name']} was meant to crash"

@@ -66,6 +66,8 @@ def runs(tmp_path_factory):
         {"name": "fsdp_bf16", "overrides": ["strategy=fsdp", *TWO, "train.precision=bf16",
                                             "fsdp.activation_checkpointing=true", "fsdp.reshard_after_forward=false"]},
         *({"name": f"ds{s}", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO]} for s in (1, 2, 3)),
+        *({"name": f"ds{s}_bf16", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO,
+                                                 "train.precision=bf16"]} for s in (2, 3)),
         {"name": "ds3_resumed", "overrides": [*ds3, *CRASH], "crash": True},
         {"name": "ds3_resumed", "overrides": ds3},
         *({"name": f"ds{s}_resumed", "overrides": [*ds, *extra], **crash}
@@ -164,5 +166,19 @@ def test_fsdp_bf16_keeps_fp32_master_weights_with_activation_checkpointing(runs)
     tmp, _ = runs
     got, ref = weights(tmp / "fsdp_bf16"), weights(tmp / "ref")
     assert all(t.dtype == torch.float32 for t in got.values())  # MixedPrecisionPolicy: bf16 compute only
+    diff = max((got[k] - ref[k]).abs().max().item() for k in ref)
+    assert 0 < diff < 0.05, diff  # bf16 rounding, not a different run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_bf16_checkpoint_holds_the_fp32_master_weights(runs, stage):
+    """`dtrain checkpoint export` reads model.safetensors: under bf16 it must hold the fp32 master weights
+    (DeepSpeed's module only has bf16 copies), and model + master started from rank 0's weights."""
+    tmp, _ = runs
+    got, ref = weights(tmp / f"ds{stage}_bf16"), weights(tmp / "ref")
+    assert set(got) == set(ref) and all(t.dtype == torch.float32 for t in got.values())
+    # Not bf16 values stored as fp32: most weights are not representable in bf16.
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in got.values())
     diff = max((got[k] - ref[k]).abs().max().item() for k in ref)
     assert 0 < diff < 0.05, diff  # bf16 rounding, not a different run
