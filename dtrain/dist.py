@@ -126,6 +126,22 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (what Slurm, taskset or a container allow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def describe_cpus(state: DistState) -> str:
+    """One line for rank 0's log: how many CPUs each rank may use (a collective: every rank calls it)."""
+    counts = gather_objects(usable_cpus(), state)
+    if len(set(counts)) == 1:
+        return f"{counts[0]} CPU(s) per rank"
+    return "CPU(s) per rank, rank 0 first: " + ", ".join(map(str, counts))
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mapping[str, str] = os.environ) -> DistState:
     """Join the process group the launcher describes (none for a single process)."""
     e = read_env(env)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from dtrain.dist import first_slurm_host, init_distributed, read_env
+from dtrain.dist import describe_cpus, first_slurm_host, init_distributed, read_env, usable_cpus
 
 
 @pytest.mark.parametrize("nodelist, first", [
@@ -50,3 +52,11 @@ def test_cuda_requested_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="dist.device=cuda but CUDA is not available"):
         init_distributed("cuda", env={})
+
+
+def test_cpus_per_rank_come_from_the_affinity_mask(monkeypatch):
+    state = init_distributed("cpu", env={})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)  # bound to 2 CPUs by Slurm
+    assert usable_cpus() == 2 and describe_cpus(state) == "2 CPU(s) per rank"
+    monkeypatch.setattr("dtrain.dist.gather_objects", lambda obj, state: [2, 1, 2])
+    assert describe_cpus(state) == "CPU(s) per rank, rank 0 first: 2, 1, 2"
