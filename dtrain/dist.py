@@ -113,16 +113,22 @@ def _slurm_tasks_on_this_node(env: Mapping[str, str], world: int) -> int:
     return world
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int, launcher: str) -> torch.device:
+    """The device of this rank: cuda:LOCAL_RANK, or cuda:0 for an srun task that sees one GPU only."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("dist.device=cuda but CUDA is not available here; set dist.device=auto or cpu")
-    if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(
-            f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
-            f"start at most {torch.cuda.device_count()} processes per node (--nproc-per-node)"
-        )
+    visible = torch.cuda.device_count()
+    # srun --gpus-per-task=1 (or --gpu-bind) narrows CUDA_VISIBLE_DEVICES to the task's own GPU, which it
+    # sees as cuda:0 whatever its local rank. torchrun workers all see the node's GPUs: one that has
+    # no GPU at its local rank would share another rank's, and NCCL cannot run two ranks on one GPU.
+    if launcher == "slurm" and visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= visible:
+        how = ("start at most that many tasks per node, or give each task its own GPU (srun --gpus-per-task=1)"
+               if launcher == "slurm" else f"start at most {visible} processes per node (--nproc-per-node)")
+        raise RuntimeError(f"local rank {local_rank} has no GPU: {visible} visible; {how}")
     return torch.device("cuda", local_rank)
 
 
@@ -145,7 +151,7 @@ def describe_cpus(state: DistState) -> str:
 def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mapping[str, str] = os.environ) -> DistState:
     """Join the process group the launcher describes (none for a single process)."""
     e = read_env(env)
-    dev = pick_device(device, e.local_rank)
+    dev = pick_device(device, e.local_rank, e.launcher)
     if dev.type == "cuda":
         # Before init: NCCL binds each rank's communicator to the current device.
         torch.cuda.set_device(dev)
