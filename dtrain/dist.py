@@ -113,16 +113,22 @@ def _slurm_tasks_on_this_node(env: Mapping[str, str], world: int) -> int:
     return world
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int, launcher: str) -> torch.device:
+    """The device of this rank: cuda:LOCAL_RANK, or cuda:0 for an srun task that sees one GPU only."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("dist.device=cuda but CUDA is not available here; set dist.device=auto or cpu")
-    if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(
-            f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
-            f"start at most {torch.cuda.device_count()} processes per node (--nproc-per-node)"
-        )
+    visible = torch.cuda.device_count()
+    # srun --gpus-per-task=1 (or --gpu-bind) narrows CUDA_VISIBLE_DEVICES to the task's own GPU, which it
+    # sees as cuda:0 whatever its local rank. torchrun workers all see the node's GPUs: one that has
+    # no GPU at its local rank would share another rank's, and NCCL cannot run two ranks on one GPU.
+    if launcher == "slurm" and visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= visible:
+        how = ("start at most that many tasks per node, or give each task its own GPU (srun --gpus-per-task=1)"
+               if launcher == "slurm" else f"start at most {visible} processes per node (--nproc-per-node)")
+        raise RuntimeError(f"local rank {local_rank} has no GPU: {visible} visible; {how}")
     return torch.device("cuda", local_rank)
 
 
@@ -132,12 +138,28 @@ def backend_for(device: torch.device) -> str:
     return "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (what Slurm, taskset or a container allow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def describe_cpus(state: DistState) -> str:
+    """One line for rank 0's log: how many CPUs each rank may use (a collective: every rank calls it)."""
+    counts = gather_objects(usable_cpus(), state)
+    if len(set(counts)) == 1:
+        return f"{counts[0]} CPU(s) per rank"
+    return "CPU(s) per rank, rank 0 first: " + ", ".join(map(str, counts))
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mapping[str, str] = os.environ) -> DistState:
     """Join the process group the launcher describes. Under a launcher the group exists even at world
     size 1, so a one-GPU run goes through every collective an eight-GPU run does; a plain process (the
     debugging run) has none until a strategy asks for one (`ensure_process_group`)."""
     e = read_env(env)
-    dev = pick_device(device, e.local_rank)
+    dev = pick_device(device, e.local_rank, e.launcher)
     if dev.type == "cuda":
         # Before init: NCCL binds each rank's communicator to the current device.
         torch.cuda.set_device(dev)

@@ -26,7 +26,7 @@ from dtrain.data import (
     micro_batch_sizes,
     move_to,
 )
-from dtrain.dist import DistState, all_reduce_sum, gather_objects
+from dtrain.dist import DistState, all_reduce_sum, describe_cpus, gather_objects
 from dtrain.early_stopping import EarlyStopping
 from dtrain.loggers import MetricsLogger
 from dtrain.metrics import StepMetrics, count_tokens, default_peak_flops, memory_peaks
@@ -418,6 +418,9 @@ class Trainer:
         """Write config.yaml, then resume from a checkpoint if the config says so."""
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg), encoding="utf-8")
+        # A launcher that binds each rank to fewer CPUs than asked for slows data loading and the CPU
+        # backends without any error: say how many each rank got.
+        self.logger.info(describe_cpus(self.dist))
         mode = self.cfg.checkpoint.resume
         if mode == "none" and self.ckpt.newest_complete() is not None:
             raise CheckpointError(

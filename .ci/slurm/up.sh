@@ -16,9 +16,62 @@ log() { echo "slurm: $*"; }
 
 node_state() { timeout 5 sinfo -h -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-' || true; }
 
+# ---------- the config this host gets ----------
+# task/affinity with TaskPluginParam=Threads binds every task to exactly its --cpus-per-task CPUs
+# (sched_setaffinity, no cgroups, which a container often does not delegate; threads, not cores, so the
+# count is exact on SMT hosts too), as sites that bind by default do. With task/none, or task/affinity's
+# auto binding, which hands a lone task its whole step, an srun step giving its tasks one CPU each (srun
+# without --cpus-per-task, Slurm >= 22.05) would go unnoticed in tests/slurm on a small CI host.
+host=$(hostname -s)
+cpus=$(nproc)
+mem_total=$(free -m | awk '/^Mem:/ {print $2}')
+real_mem=$(( mem_total * 90 / 100 ))   # a bit below the total, or slurmd drains the node
+
+conf=$(cat <<CONF
+# Written by dtrain .ci/slurm/up.sh - single-node test cluster.
+ClusterName=dtrain-ci
+SlurmctldHost=${host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CryptoType=crypto/munge
+MpiDefault=none
+SwitchType=switch/none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/affinity
+TaskPluginParam=Threads
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+JobRequeue=1
+MailProg=/bin/true
+ReturnToService=2
+SlurmctldTimeout=10
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=10
+MinJobAge=600
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=${LOG_DIR}/slurmctld.log
+SlurmdLogFile=${LOG_DIR}/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+NodeName=${host} NodeAddr=127.0.0.1 NodeHostname=${host} CPUs=${cpus} RealMemory=${real_mem} State=UNKNOWN
+PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
+CONF
+)
+
 # ---------- already up? ----------
-# Our daemons all alive and the node usable (idle, or busy with jobs a caller left) -> nothing to do.
-if command -v sinfo >/dev/null 2>&1 && [ -s "$PIDFILE" ]; then
+# Our daemons all alive, running this config, and the node usable (idle, or busy with jobs a caller
+# left) -> nothing to do. A cluster started with another config is stopped and started again below.
+if command -v sinfo >/dev/null 2>&1 && [ -s "$PIDFILE" ] \
+        && [ "$(cat "$CONF_DIR/slurm.conf" 2>/dev/null)" = "$conf" ]; then
     alive=1
     while read -r pid; do
         [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || alive=0
@@ -94,48 +147,7 @@ fi
 
 # ---------- slurm dirs + config ----------
 install -d -m 0755 -o root -g root "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR"
-host=$(hostname -s)
-cpus=$(nproc)
-mem_total=$(free -m | awk '/^Mem:/ {print $2}')
-real_mem=$(( mem_total * 90 / 100 ))   # a bit below the total, or slurmd drains the node
-
-cat > "$CONF_DIR/slurm.conf" <<CONF
-# Written by dtrain .ci/slurm/up.sh - single-node test cluster.
-ClusterName=dtrain-ci
-SlurmctldHost=${host}(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CryptoType=crypto/munge
-MpiDefault=none
-SwitchType=switch/none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-JobRequeue=1
-MailProg=/bin/true
-ReturnToService=2
-SlurmctldTimeout=10
-SlurmdTimeout=30
-InactiveLimit=0
-KillWait=10
-MinJobAge=600
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
-SlurmctldLogFile=${LOG_DIR}/slurmctld.log
-SlurmdLogFile=${LOG_DIR}/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-NodeName=${host} NodeAddr=127.0.0.1 NodeHostname=${host} CPUs=${cpus} RealMemory=${real_mem} State=UNKNOWN
-PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
-CONF
+printf '%s\n' "$conf" > "$CONF_DIR/slurm.conf"
 
 # ---------- start daemons ----------
 rm -f /run/slurmctld.pid /run/slurmd.pid

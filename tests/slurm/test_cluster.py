@@ -1,4 +1,4 @@
-"""On a real Slurm cluster (.ci/run starts one): submit, train with 2 tasks, preempt -> requeue -> exact resume.
+"""On a real Slurm cluster (.ci/run starts one): submit, train, CPU binding, preempt -> requeue -> exact resume.
 
 Where Slurm is not installed these tests skip with the reason; CI sets DTRAIN_REQUIRE_SLURM=1, which
 turns a missing cluster into a failure instead.
@@ -62,9 +62,9 @@ def wait_done(job_id: str, timeout: float = 240) -> str:
     return wait_for(lambda: (s := job_field(job_id, "JobState")) in final and s, timeout, f"job {job_id} to end")
 
 
-def submit(config: str, *args: str) -> str:
-    proc = dtrain("slurm", "submit", "--launcher=srun", "--procs-per-node=2", "--cpus-per-task=1", "--time=10",
-                  config, *args)
+def submit(config: str, *args: str, procs: int = 2, cpus: int = 1) -> str:
+    proc = dtrain("slurm", "submit", "--launcher=srun", f"--procs-per-node={procs}", f"--cpus-per-task={cpus}",
+                  "--time=10", config, *args)
     return proc.stdout.strip().splitlines()[-1]
 
 
@@ -73,13 +73,16 @@ def logs(run_dir: Path, job_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_two_task_job_trains_vision_end_to_end(slurm, tmp_path):
+def test_job_trains_vision_end_to_end_on_the_cpus_it_asked_for(slurm, tmp_path):
+    # One task with both CPUs of a 2-CPU CI host. The cluster binds each task to its CPUs per task
+    # (.ci/slurm/up.sh): an srun step that does not pass --cpus-per-task on (Slurm >= 22.05) gets one.
     run_dir = tmp_path / "vision"
     job = submit("recipes/vision/config.yaml", f"output_dir={run_dir}", "task.widths=[8,16]",
-                 "task.blocks_per_stage=1", "train.max_steps=6", "train.log_every=2")
+                 "task.blocks_per_stage=1", "train.max_steps=6", "train.log_every=2", procs=1, cpus=2)
     assert wait_done(job) == "COMPLETED", logs(run_dir, job)
     assert (run_dir / "job.sbatch").is_file() and (run_dir / f"slurm-{job}.out").is_file()
-    assert "2 rank(s) on cpu" in logs(run_dir, job)
+    text = logs(run_dir, job)
+    assert "1 rank(s) on cpu" in text and "2 CPU(s) per rank" in text, text
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
     assert final_checkpoint(run_dir).name == "step_00000006"
@@ -113,6 +116,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, tmp_path)
 
     text = logs(run_dir, job)
     assert "USR1: asking dtrain to checkpoint and stop" in text and "requeueing job" in text
+    assert "1 CPU(s) per rank" in text  # two tasks, each bound to its own CPU
     stopped = int(re.search(r"stopped at step (\d+) on request", text).group(1))
     assert 6 <= stopped < 64 and f"at step {stopped}" in text  # resumed from the step it stopped at
     assert not (run_dir / "PREEMPTED").exists()

@@ -49,7 +49,14 @@ def test_multi_node_uses_first_host_and_one_torchrun_per_node():
 def test_srun_tasks_runs_dtrain_directly():
     text = rendered("srun_tasks")
     assert "#SBATCH --ntasks-per-node=4" in text and "torch.distributed.run" not in text
-    assert "srun --kill-on-bad-exit=1 /opt/venv/bin/python -m dtrain.cli run" in text
+    assert 'srun --kill-on-bad-exit=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" /opt/venv/bin/python -m dtrain.cli run' in text
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_srun_step_passes_the_jobs_cpus_per_task_on(name):
+    # Slurm >= 22.05 srun no longer inherits it from the job: its tasks would get one CPU each.
+    steps = [line for line in rendered(name).splitlines() if line.startswith("srun ")]
+    assert steps and all('--cpus-per-task="$SLURM_CPUS_PER_TASK"' in line for line in steps)
 
 
 @pytest.mark.parametrize("change, message", [

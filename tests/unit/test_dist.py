@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from dtrain.dist import first_slurm_host, init_distributed, read_env
+from dtrain.dist import describe_cpus, first_slurm_host, init_distributed, pick_device, read_env, usable_cpus
 
 
 @pytest.mark.parametrize("nodelist, first", [
@@ -50,3 +52,48 @@ def test_cuda_requested_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="dist.device=cuda but CUDA is not available"):
         init_distributed("cuda", env={})
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend this process sees `n` GPUs (no GPU needed)."""
+    def see(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    return see
+
+
+def test_each_rank_takes_the_gpu_at_its_local_rank(gpus):
+    gpus(4)
+    assert pick_device("auto", 3, "torchrun") == torch.device("cuda", 3)
+    assert pick_device("cuda", 2, "slurm") == torch.device("cuda", 2)
+    assert pick_device("cpu", 3, "slurm") == torch.device("cpu")
+
+
+def test_srun_task_with_its_own_gpu_uses_cuda_0(gpus):
+    # srun --gpus-per-task=1: local rank 3 sees one GPU, its own.
+    gpus(1)
+    assert pick_device("auto", 3, "slurm") == torch.device("cuda", 0)
+
+
+def test_torchrun_rank_without_a_gpu_of_its_own_is_refused(gpus):
+    # Every torchrun worker sees all the node's GPUs: a fallback to cuda:0 would put two ranks on one GPU.
+    gpus(1)
+    with pytest.raises(RuntimeError, match=r"local rank 1 has no GPU: 1 visible; start at most 1 processes per node"):
+        pick_device("auto", 1, "torchrun")
+    gpus(2)
+    with pytest.raises(RuntimeError, match=r"local rank 2 has no GPU: 2 visible; .*srun --gpus-per-task=1"):
+        pick_device("auto", 2, "slurm")
+
+
+def test_no_gpu_means_cpu_for_auto(gpus):
+    gpus(0)
+    assert pick_device("auto", 5, "slurm") == torch.device("cpu")
+
+
+def test_cpus_per_rank_come_from_the_affinity_mask(monkeypatch):
+    state = init_distributed("cpu", env={})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)  # bound to 2 CPUs by Slurm
+    assert usable_cpus() == 2 and describe_cpus(state) == "2 CPU(s) per rank"
+    monkeypatch.setattr("dtrain.dist.gather_objects", lambda obj, state: [2, 1, 2])
+    assert describe_cpus(state) == "CPU(s) per rank, rank 0 first: 2, 1, 2"
