@@ -162,8 +162,8 @@ class DistConfig:
     """Process-group timeout (NCCL and gloo): how long a collective may wait before the job fails."""
     watchdog_timeout_s: float | None = 300.0
     """Seconds without progress in a step, evaluation or collective before every rank dumps its stack,
-    hang_report.json names the stuck rank(s) and the job exits (null: off). Start-up and checkpoint
-    writes get max(this, timeout_s)."""
+    hang_report.json names the stuck rank(s) and the job exits (null: off). Start-up, the first step,
+    checkpoint writes and every torch.compile (recompiles too, at any step) get max(this, timeout_s)."""
 
     def check(self) -> list[str]:
         bad = [f"dist.timeout_s: must be > 0, got {self.timeout_s}"] if self.timeout_s <= 0 else []

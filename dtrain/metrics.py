@@ -53,8 +53,10 @@ def peak_memory_mb(device: torch.device) -> float:
 class StepMetrics:
     """Accumulates one log interval; `snapshot()` turns it into the numbers of a log line and starts the next."""
 
-    def __init__(self, device: torch.device, world_size: int, peak_flops: float | None):
+    def __init__(self, device: torch.device, world_size: int, peak_flops: float | None, compiled: bool = False):
         self.device, self.world_size, self.peak_flops = device, world_size, peak_flops
+        self.compiled = compiled
+        """The model is torch.compile'd: the counted step then runs eagerly (see `_count`)."""
         self.flops_per_sample: float | None = None  # of one rank's forward + backward, from the first step
         self._counted = False
         self._reset()
@@ -79,7 +81,10 @@ class StepMetrics:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, (torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()):
+            # Eager: Dynamo skips a frame run under a dispatch mode such as the counter, and torch up to at
+            # least 2.13 then skips that code for good (pytorch#190286): the model would never compile.
+            # It compiles at the next step instead; and the counter sees every op of an eager step.
             yield
         flops = counter.get_total_flops()
         # A compiled graph can hide its ops from the counter: then report no FLOPs rather than wrong ones.
