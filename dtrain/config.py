@@ -38,7 +38,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; gradients are synchronised only on the last one."""
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    """fp16 uses a GradScaler; bf16 autocasts (on CPU too); auto: bf16 on GPUs that support it, else fp32."""
+    """fp16 uses a GradScaler; bf16 autocasts (on CPU too); auto: bf16 on GPUs with bf16 in hardware (compute
+    capability 8.0+: A100, H100, L4, ...), else fp32 (also on V100/T4, which only emulate bf16)."""
     grad_clip: float | None = 1.0
     """Max global gradient norm (None or 0 disables clipping)."""
     compile: bool | str = False

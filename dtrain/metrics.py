@@ -10,37 +10,54 @@ by the samples (or tokens) of later steps.
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 import time
 from typing import ContextManager, Iterator
 
 import torch
 
-# Dense (no sparsity) peak FLOP/s per device for bf16/fp16 tensor cores, by a substring of the CUDA device
+# Dense (no sparsity) peak FLOP/s per device for bf16/fp16 tensor cores, by the model in the CUDA device
 # name; fp32 runs count TF32, half of that. From the vendors' data sheets (SXM parts where both exist).
+# Matched on whole name tokens, not substrings: "L4" must not match "NVIDIA L40S", nor "A10" "NVIDIA
+# A100-SXM4-80GB". Keys of several tokens ("H100 PCIe") are tried first, so the variant wins.
 PEAK_FLOPS_BF16 = {
+    "H100 PCIe": 756e12,
     "B200": 2.25e15,
     "H200": 989e12,
-    "H100 PCIe": 756e12,
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "A10G": 70e12,
     "A10": 125e12,
     "V100": 125e12,
+    "T4": 65e12,
 }
+FP16_ONLY = {"V100", "T4"}
+"""Tensor cores for fp16 only (no bf16, no TF32; bf16 is emulated there): only fp16 runs get a peak."""
+
+
+def gpu_model(name: str) -> str | None:
+    """The table key naming this GPU: "NVIDIA A100-SXM4-80GB" -> "A100", "NVIDIA H100 PCIe" -> "H100 PCIe"."""
+    tokens = re.split(r"[\s_-]+", name.strip().casefold())
+    for key in sorted(PEAK_FLOPS_BF16, key=lambda k: -len(k.split())):
+        k = key.casefold().split()
+        if any(tokens[i:i + len(k)] == k for i in range(len(tokens))):
+            return key
+    return None
 
 
 def default_peak_flops(device: torch.device, precision: str) -> float | None:
     """The table's peak for this GPU, or None (CPU, unknown GPU): MFU is then left out of log lines."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_FLOPS_BF16.items():
-        if key in name:
-            return peak if precision in ("bf16", "fp16") else peak / 2
-    return None
+    model = gpu_model(torch.cuda.get_device_name(device))
+    if model is None or (model in FP16_ONLY and precision != "fp16"):
+        return None
+    peak = PEAK_FLOPS_BF16[model]
+    return peak if precision in ("bf16", "fp16") else peak / 2
 
 
 def peak_memory_mb(device: torch.device) -> float:
