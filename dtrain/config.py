@@ -44,6 +44,12 @@ class TrainConfig:
     """Max global gradient norm (None or 0 disables clipping)."""
     compile: bool | str = False
     """torch.compile the model: false, true, or a mode such as 'max-autotune'."""
+    deterministic: bool = False
+    """Deterministic GPU kernels (torch.use_deterministic_algorithms, cuDNN deterministic without its
+    benchmark, CUBLAS_WORKSPACE_CONFIG=:4096:8), so that a run and its resume repeat bit for bit on GPUs
+    too (the CPU always does). The cost: slower steps (cuDNN's fastest algorithms and some atomics-based
+    kernels are out), about 24 MiB more GPU memory for cuBLAS, and an op without a deterministic kernel
+    stops the run with an error naming it."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
     eval_every: int | None = None

@@ -1,4 +1,4 @@
-"""bf16 and torch.compile through the whole Trainer on CPU; the CUDA variants are marked gpu."""
+"""bf16, torch.compile and deterministic kernels through the whole Trainer on CPU; the CUDA variants are marked gpu."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def test_bf16_trains_close_to_fp32_on_cpu(tmp_path):
     assert all(b[k].dtype == torch.float32 for k in b)  # master weights stay fp32
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert 0 < diff < 5e-2  # bf16 really ran (not bit-identical) and stayed close
+
+
+def test_deterministic_run_trains_on_cpu(tmp_path):
+    run(MLP, *SHORT, f"output_dir={tmp_path}/d", "train.deterministic=true")
+    assert final_checkpoint(tmp_path / "d").name == "step_00000004"
 
 
 @pytest.mark.gpu
