@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 DRY=0
 [ "${1:-}" = "--dry" ] && DRY=1
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+# cuBLAS reads its workspace setting once, at its first call: set here for the deterministic resume checks.
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -39,11 +39,18 @@ class TrainConfig:
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; gradients are synchronised only on the last one."""
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    """fp16 uses a GradScaler; bf16 autocasts (on CPU too); auto: bf16 on GPUs that support it, else fp32."""
+    """fp16 uses a GradScaler; bf16 autocasts (on CPU too); auto: bf16 on GPUs with bf16 in hardware (compute
+    capability 8.0+: A100, H100, L4, ...), else fp32 (also on V100/T4, which only emulate bf16)."""
     grad_clip: float | None = 1.0
     """Max global gradient norm (None or 0 disables clipping)."""
     compile: bool | str = False
     """torch.compile the model: false, true, or a mode such as 'max-autotune'."""
+    deterministic: bool = False
+    """Deterministic GPU kernels (torch.use_deterministic_algorithms, cuDNN deterministic without its
+    benchmark, CUBLAS_WORKSPACE_CONFIG=:4096:8), so that a run and its resume repeat bit for bit on GPUs
+    too (the CPU always does). The cost: slower steps (cuDNN's fastest algorithms and some atomics-based
+    kernels are out), about 24 MiB more GPU memory for cuBLAS, and an op without a deterministic kernel
+    stops the run with an error naming it."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
     eval_every: int | None = None
@@ -163,8 +170,8 @@ class DistConfig:
     """Process-group timeout (NCCL and gloo): how long a collective may wait before the job fails."""
     watchdog_timeout_s: float | None = 300.0
     """Seconds without progress in a step, evaluation or collective before every rank dumps its stack,
-    hang_report.json names the stuck rank(s) and the job exits (null: off). Start-up and checkpoint
-    writes get max(this, timeout_s)."""
+    hang_report.json names the stuck rank(s) and the job exits (null: off). Start-up, the first step,
+    checkpoint writes and every torch.compile (recompiles too, at any step) get max(this, timeout_s)."""
 
     def check(self) -> list[str]:
         bad = [f"dist.timeout_s: must be > 0, got {self.timeout_s}"] if self.timeout_s <= 0 else []

@@ -10,37 +10,54 @@ by the samples (or tokens) of later steps.
 from __future__ import annotations
 
 import contextlib
+import re
 import resource
 import time
 from typing import ContextManager, Iterator
 
 import torch
 
-# Dense (no sparsity) peak FLOP/s per device for bf16/fp16 tensor cores, by a substring of the CUDA device
+# Dense (no sparsity) peak FLOP/s per device for bf16/fp16 tensor cores, by the model in the CUDA device
 # name; fp32 runs count TF32, half of that. From the vendors' data sheets (SXM parts where both exist).
+# Matched on whole name tokens, not substrings: "L4" must not match "NVIDIA L40S", nor "A10" "NVIDIA
+# A100-SXM4-80GB". Keys of several tokens ("H100 PCIe") are tried first, so the variant wins.
 PEAK_FLOPS_BF16 = {
+    "H100 PCIe": 756e12,
     "B200": 2.25e15,
     "H200": 989e12,
-    "H100 PCIe": 756e12,
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "A10G": 70e12,
     "A10": 125e12,
     "V100": 125e12,
+    "T4": 65e12,
 }
+FP16_ONLY = {"V100", "T4"}
+"""Tensor cores for fp16 only (no bf16, no TF32; bf16 is emulated there): only fp16 runs get a peak."""
+
+
+def gpu_model(name: str) -> str | None:
+    """The table key naming this GPU: "NVIDIA A100-SXM4-80GB" -> "A100", "NVIDIA H100 PCIe" -> "H100 PCIe"."""
+    tokens = re.split(r"[\s_-]+", name.strip().casefold())
+    for key in sorted(PEAK_FLOPS_BF16, key=lambda k: -len(k.split())):
+        k = key.casefold().split()
+        if any(tokens[i:i + len(k)] == k for i in range(len(tokens))):
+            return key
+    return None
 
 
 def default_peak_flops(device: torch.device, precision: str) -> float | None:
     """The table's peak for this GPU, or None (CPU, unknown GPU): MFU is then left out of log lines."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in PEAK_FLOPS_BF16.items():
-        if key in name:
-            return peak if precision in ("bf16", "fp16") else peak / 2
-    return None
+    model = gpu_model(torch.cuda.get_device_name(device))
+    if model is None or (model in FP16_ONLY and precision != "fp16"):
+        return None
+    peak = PEAK_FLOPS_BF16[model]
+    return peak if precision in ("bf16", "fp16") else peak / 2
 
 
 def host_peak_mb() -> float:
@@ -74,8 +91,10 @@ def memory_peaks(device: torch.device) -> dict[str, float]:
 class StepMetrics:
     """Accumulates one log interval; `snapshot()` turns it into the numbers of a log line and starts the next."""
 
-    def __init__(self, device: torch.device, world_size: int, peak_flops: float | None):
+    def __init__(self, device: torch.device, world_size: int, peak_flops: float | None, compiled: bool = False):
         self.device, self.world_size, self.peak_flops = device, world_size, peak_flops
+        self.compiled = compiled
+        """The model is torch.compile'd: the counted step then runs eagerly (see `_count`)."""
         self.flops_per_sample: float | None = None  # of one rank's forward + backward, from the first step
         self._counted = False
         self._reset()
@@ -100,7 +119,10 @@ class StepMetrics:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, (torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()):
+            # Eager: Dynamo skips a frame run under a dispatch mode such as the counter, and torch up to at
+            # least 2.13 then skips that code for good (pytorch#190286): the model would never compile.
+            # It compiles at the next step instead; and the counter sees every op of an eager step.
             yield
         flops = counter.get_total_flops()
         # A compiled graph can hide its ops from the counter: then report no FLOPs rather than wrong ones.

@@ -13,7 +13,10 @@ class Precision:
 
     def __init__(self, mode: str, device: torch.device):
         if mode == "auto":
-            mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+            # Not fp16 where bf16 is missing, though V100/T4 have fp16 tensor cores: fp16 needs loss scaling,
+            # and activations beyond 65504 (fine in bf16 and fp32) overflow: skipped steps or NaNs that the
+            # user never asked for. `auto` must not change what a run converges to; fp16 is one key away.
+            mode = "bf16" if native_bf16(device) else "fp32"
         self.mode = mode
         self.device = device
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
@@ -48,3 +51,17 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler and state:
             self.scaler.load_state_dict(state)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: a CUDA GPU of compute capability 8.0 or more (Ampere on), or ROCm.
+
+    Not `torch.cuda.is_bf16_supported()`: by default it also counts GPUs that only emulate bf16 (V100,
+    T4), where a bf16 run is slower than fp32. Its `including_emulation=False` asks the same as this, but
+    of the current device rather than `device`.
+    """
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)

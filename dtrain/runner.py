@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dtrain.checkpoint import seed_everything
 from dtrain.config import RunConfig
+from dtrain.determinism import make_deterministic
 from dtrain.dist import DistState, distributed
 from dtrain.recipe import BuildContext, resolve_recipe
 from dtrain.trainer import Trainer
@@ -13,6 +14,8 @@ from dtrain.trainer import Trainer
 
 def train(cfg: RunConfig) -> dict[str, float]:
     """Train `cfg` in this process (as the only rank, or as one rank of torchrun / srun)."""
+    if cfg.train.deterministic:
+        make_deterministic()  # first: joining the group may already touch the GPU (see its docstring)
     with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
         return build_trainer(cfg, ds).fit()
 

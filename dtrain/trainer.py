@@ -103,11 +103,13 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, enabled=dist.is_main, logging_cfg=cfg.logging,
                                     run_config=redact(to_dict(cfg)), total_steps=self.total_steps)
         self.metrics = StepMetrics(self.device, dist.world_size,
-                                   tc.peak_flops or default_peak_flops(self.device, self.precision.mode))
+                                   tc.peak_flops or default_peak_flops(self.device, self.precision.mode),
+                                   compiled=bool(tc.compile))
         self.profiler = StepProfiler(cfg.profile, self.run_dir, dist, log=self.logger.info)
         self.stop_request = StopRequest(self.run_dir, dist)
         self.guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_in_a_row, self.run_dir, dist)
-        self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s)
+        self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s,
+                                 watch_compiles=bool(tc.compile))
         # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._window_n = 0

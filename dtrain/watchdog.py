@@ -29,19 +29,25 @@ EXIT_HANG = 124
 
 PHASES = ("start", "data", "forward", "backward", "optimizer", "log", "eval", "checkpoint", "end")
 # What may legitimately take long gets `slow_limit_s`: start-up and the first step of a process
-# (torch.compile, cold caches, NCCL set-up - torchtitan's generous-then-tight habit) and big writes.
+# (cold caches, NCCL set-up - torchtitan's generous-then-tight habit), big writes, and every
+# torch.compile (see `watch_compiles`), which may come at any step.
 SLOW_PHASES = {"start", "checkpoint"}
 
 
 class Watchdog:
     def __init__(self, run_dir: Path, dist: DistState, timeout_s: float | None, slow_limit_s: float,
-                 grace_s: float = 10.0):
+                 grace_s: float = 10.0, watch_compiles: bool = False):
         self.dir = Path(run_dir) / "hang"
         self.report_path = Path(run_dir) / "hang_report.json"
         self.dist, self.timeout_s, self.slow_limit_s, self.grace_s = dist, timeout_s, slow_limit_s, grace_s
         self._where = (0, 0, "start")
         self._first_step: int | None = None
         self._warm = False
+        self._compiling = False
+        # Dynamo compiles when a frame is first called, so not only at the first step: recompiles for
+        # a new batch shape (a short last batch, variable-length text) or evaluation's inference mode
+        # come later, and a max-autotune compile of a real model outlasts the warm limit.
+        self._watch_compiles = watch_compiles
         self._last = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,22 +69,45 @@ class Watchdog:
                 os.replace(self.report_path, old / self.report_path.name)
         if self.timeout_s:
             self._last = time.monotonic()
+            if self._watch_compiles:
+                from torch._dynamo.callback import callback_handler
+
+                callback_handler.register_start_callback(self._compile_started)
+                callback_handler.register_end_callback(self._compile_ended)
             self._thread = threading.Thread(target=self._watch, name="dtrain-watchdog", daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread is not None and self._watch_compiles:
+            from torch._dynamo.callback import callback_handler
+
+            for callbacks, fn in ((callback_handler.start_callbacks, self._compile_started),
+                                  (callback_handler.end_callbacks, self._compile_ended)):
+                if fn in callbacks:  # torch._dynamo.reset() clears them
+                    callbacks.remove(fn)
+
+    # Dynamo calls these (nested compiles once) on the thread that compiles. The clock restarts at each:
+    # the compile's start and end are progress, and the step after a long compile starts afresh.
+    def _compile_started(self, *_) -> None:
+        self._last = time.monotonic()
+        self._compiling = True
+
+    def _compile_ended(self, *_) -> None:
+        self._last = time.monotonic()  # before the flag: the thread must not see the warm limit and the old clock
+        self._compiling = False
 
     def _limit(self) -> float:
-        slow = self._where[2] in SLOW_PHASES or not self._warm
+        slow = self._where[2] in SLOW_PHASES or not self._warm or self._compiling
         return max(self.timeout_s, self.slow_limit_s) if slow else self.timeout_s
 
     def _watch(self) -> None:
         poll = min(1.0, self.timeout_s / 4)
         while not self._stop.wait(poll):
+            limit = self._limit()  # before the clock is read (see _compile_ended)
             idle = time.monotonic() - self._last
-            if idle > self._limit():
+            if idle > limit:
                 self._fire(idle)
 
     def _fire(self, idle: float) -> None:

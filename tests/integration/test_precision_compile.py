@@ -1,11 +1,11 @@
-"""bf16 and torch.compile through the whole Trainer on CPU; the CUDA variants are marked gpu."""
+"""bf16, torch.compile and deterministic kernels through the whole Trainer on CPU; the CUDA variants are marked gpu."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.conftest import final_checkpoint, launch, load_pt, run
+from tests.conftest import child_env, dtrain, final_checkpoint, launch, load_pt, run
 
 MLP = "recipes/mlp/config.yaml"
 SHORT = ["train.max_steps=4", "task.num_val=32", "checkpoint.resume=none"]
@@ -17,8 +17,14 @@ def _weights(path):
 
 @pytest.mark.slow
 def test_compile_matches_eager_on_cpu(tmp_path):
+    """Also: compiling counts as slow under the hang watchdog. Its limit here is 1 s, far below the
+    seconds each compile takes (step 2's forward and backward, then evaluation's recompile)."""
     run(MLP, *SHORT, f"output_dir={tmp_path}/eager")
-    run(MLP, *SHORT, f"output_dir={tmp_path}/compiled", "train.compile=true")
+    proc = dtrain("run", MLP, *SHORT, f"output_dir={tmp_path}/compiled", "train.compile=true",
+                  "dist.watchdog_timeout_s=1", env=child_env(TORCH_LOGS="recompiles"))
+    # It really compiled (the FLOP count of step 1 once kept it eager for good), evaluation included.
+    assert "Recompiling function forward" in proc.stderr
+    assert not (tmp_path / "compiled" / "hang_report.json").exists()
     eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
     assert list(eager) == list(compiled)  # compiled in place: no _orig_mod. prefixes in checkpoints
     for k in eager:
@@ -32,6 +38,11 @@ def test_bf16_trains_close_to_fp32_on_cpu(tmp_path):
     assert all(b[k].dtype == torch.float32 for k in b)  # master weights stay fp32
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert 0 < diff < 5e-2  # bf16 really ran (not bit-identical) and stayed close
+
+
+def test_deterministic_run_trains_on_cpu(tmp_path):
+    run(MLP, *SHORT, f"output_dir={tmp_path}/d", "train.deterministic=true")
+    assert final_checkpoint(tmp_path / "d").name == "step_00000004"
 
 
 @pytest.mark.gpu

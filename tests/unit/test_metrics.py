@@ -40,3 +40,32 @@ def test_data_wait_fraction_and_peak_memory():
 
 def test_no_default_peak_on_the_cpu():
     assert default_peak_flops(torch.device("cpu"), "bf16") is None
+
+
+@pytest.mark.parametrize("name, bf16_peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA B200", 2.25e15),
+    ("NVIDIA A100-SXM4-80GB", 312e12),  # not A10's
+    ("NVIDIA A10G", 70e12),
+    ("NVIDIA A10", 125e12),
+    ("NVIDIA L4", 121e12),
+    ("NVIDIA L40", 181e12),  # not L4's
+    ("NVIDIA L40S", 362e12),
+    ("NVIDIA GeForce RTX 4090", None),
+])
+def test_default_peak_matches_whole_model_names(monkeypatch, name, bf16_peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    gpu = torch.device("cuda", 0)
+    assert default_peak_flops(gpu, "bf16") == bf16_peak
+    assert default_peak_flops(gpu, "fp16") == bf16_peak
+    assert default_peak_flops(gpu, "fp32") == (bf16_peak and bf16_peak / 2)
+
+
+@pytest.mark.parametrize("name, fp16_peak", [("Tesla V100-SXM2-16GB", 125e12), ("Tesla T4", 65e12)])
+def test_fp16_only_gpus_have_a_peak_for_fp16_runs_only(monkeypatch, name, fp16_peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    gpu = torch.device("cuda", 0)
+    assert default_peak_flops(gpu, "fp16") == fp16_peak
+    assert default_peak_flops(gpu, "bf16") is None and default_peak_flops(gpu, "fp32") is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dtrain.precision import Precision
@@ -34,3 +35,17 @@ def test_fp16_scaler_skips_a_non_finite_step_and_unscales_before_clipping():
     before = w.detach().clone()
     assert p.step(opt) is False  # skipped, scale backed off
     assert torch.equal(w.detach(), before) and p.scaler.get_scale() < scale
+
+
+@pytest.mark.parametrize("capability, mode", [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "bf16"), ((8, 9), "bf16"),
+                                              ((9, 0), "bf16")])
+def test_auto_takes_bf16_only_where_the_gpu_has_it(monkeypatch, capability, mode):
+    # V100 (7.0) and T4 (7.5) only emulate bf16, yet torch.cuda.is_bf16_supported() says True there.
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert Precision("auto", torch.device("cuda", 0)).mode == mode
+
+
+def test_auto_is_fp32_on_the_cpu():
+    assert Precision("auto", torch.device("cpu")).mode == "fp32"
