@@ -20,7 +20,7 @@ PY=${PYTHON:-python3}
 # cuBLAS reads its workspace setting once, at its first call: set here for the deterministic resume checks.
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "$DRY" -eq 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "gpu_check: installing .whl/*.whl failed" >&2; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

@@ -10,7 +10,7 @@ initial weights exactly those of a ddp run with the same seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -82,10 +82,11 @@ def non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def send_buffers(target: dict[str, torch.Tensor], full: nn.Module | None, state: DistState) -> None:
-    """Copy the source rank's buffers named in `target` into `target` on every rank (`full`: the source's
-    whole model on the source rank, None elsewhere)."""
+def send_buffers(target: dict[str, torch.Tensor], source: Mapping[str, torch.Tensor] | None,
+                 state: DistState) -> None:
+    """Copy the source rank's tensors into `target`, by name, on every rank (`source`: the source rank's
+    whole tensors, e.g. `dict(full.named_buffers())`, on the source rank; None elsewhere)."""
     for name, buf in sorted(target.items()):
-        if full is not None:
-            buf.copy_(full.get_buffer(name))
+        if source is not None:
+            buf.copy_(source[name])
         broadcast_(buf, state, src=SOURCE_RANK)

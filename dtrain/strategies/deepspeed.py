@@ -121,6 +121,11 @@ class DeepSpeedStrategy(Strategy):
             # ZeRO 1/2 keep every parameter whole on every GPU: the CPU model is handed over, and
             # DeepSpeed moves it (a prebuilt module under stage 3 too, whole: give Task.model a function).
             model = source.full()
+            if self.precision.mode != "fp32" and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                     for m in model.modules()):
+                # DeepSpeed casts parameters to 16 bits but keeps buffers in fp32, and batch norm's kernels
+                # refuse a 16-bit weight beside fp32 running statistics (zero.Init casts both, as here).
+                self.ds_config.setdefault("data_types", {})["buffer_dtype"] = self.precision.mode
         if self.cfg.deepspeed.offload_optimizer:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -151,14 +156,27 @@ class DeepSpeedStrategy(Strategy):
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config, mem_efficient_linear=False):
             model = source.skeleton(meta=False)
         full = source.full() if self.dist.rank == SOURCE_RANK else None
-        for name, param in model.named_parameters():
-            # Gathered whole for a moment; rank 0's values are partitioned to every rank on exit.
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=SOURCE_RANK):
-                if full is not None:
-                    param.data.copy_(full.get_parameter(name).data)
-        # Buffers are not partitioned: each rank has them whole, rank 0's values are sent.
-        send_buffers({name: buf for name, buf in model.named_buffers()}, full, self.dist)
+        # Non-persistent buffers too (a state dict leaves them out): the skeleton's were never initialised.
+        weights = {**dict(full.named_buffers()), **full.state_dict()} if full is not None else None
+        self._copy_from_source(model, weights, stage3=True, all_buffers=True)
         return model
+
+    def _copy_from_source(self, model: nn.Module, weights: dict[str, torch.Tensor] | None, stage3: bool,
+                          all_buffers: bool = False) -> None:
+        """Rank 0's whole `weights` (None on the other ranks) into the engine's module, one tensor at a time;
+        buffers left out of state dicts only with `all_buffers`."""
+        import deepspeed
+
+        for name, param in model.named_parameters():
+            if stage3:  # gathered whole for a moment; rank 0's values are partitioned to every rank on exit
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=SOURCE_RANK):
+                    if weights is not None:
+                        param.data.copy_(weights[name])
+            else:
+                send_buffers({name: param.data}, weights, self.dist)
+        # Buffers are not partitioned: each rank has them whole, rank 0's values are sent.
+        skip = {} if all_buffers else non_persistent_buffers(model)
+        send_buffers({n: b for n, b in model.named_buffers() if n not in skip}, weights, self.dist)
 
     def sync(self, last: bool) -> ContextManager:
         # DeepSpeed counts micro-steps itself; telling it where dtrain's window ends keeps a short last
@@ -215,8 +233,12 @@ class DeepSpeedStrategy(Strategy):
             raise CheckpointError(f"DeepSpeed could not load {path}; resume with the same strategy and stage")
 
     def load_model(self, path: Path) -> None:
-        self.engine.load_checkpoint(str(path.parent), tag=path.name, load_module_only=True,
-                                    load_optimizer_states=False, load_lr_scheduler_states=False)
+        """Only the weights, from the whole fp32 copy written beside the shards (DeepSpeed's own
+        load_module_only looks for a `latest` file under ZeRO-3, which dtrain's layout has no use for)."""
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "model.safetensors")) if self.dist.rank == SOURCE_RANK else None
+        self._copy_from_source(self.engine.module, weights, stage3=self.cfg.deepspeed.stage == 3)
 
     def close(self) -> None:
         self.engine.destroy()

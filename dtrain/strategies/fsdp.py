@@ -85,7 +85,7 @@ class FSDPStrategy(Strategy):
         full = source.full() if self.dist.rank == SOURCE_RANK else None
         set_model_state_dict(model, full.state_dict() if full is not None else {},
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True))
-        send_buffers(non_persistent_buffers(model), full, self.dist)
+        send_buffers(non_persistent_buffers(model), dict(full.named_buffers()) if full is not None else None, self.dist)
 
     def sync(self, last: bool) -> ContextManager:
         # Accumulate unsharded-sum gradients locally; reduce-scatter once, on the window's last backward.

@@ -90,9 +90,17 @@ def skeleton_model(path: Path, names: list[str]):
     """The architecture of `load_model` without its weights (ranks that receive a shard of rank 0's)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+
     config = AutoConfig.from_pretrained(path, local_files_only=True, num_labels=len(names),
                                         id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    return AutoModelForSequenceClassification.from_config(config)
+    # No initialisation: rank 0's weights replace it, and under DeepSpeed's zero.Init it would index
+    # parameters that are already partitioned (empty on this rank).
+    with no_init_weights():
+        return AutoModelForSequenceClassification.from_config(config)
 
 
 def load_data(cfg: Config, seed: int) -> tuple[Tickets, Tickets | None, dict[str, list[int]]]:
