@@ -42,6 +42,9 @@ class StopRequest:
         self._previous = {}
         self._next_check = 0
         self._last_check: tuple[int, float] | None = None  # (step, time) of the last meeting
+        self._interval = 1  # steps between meetings, as rank 0 last measured (the same on every rank)
+        self._local: str | None = None
+        self._settled: tuple[int, str | None] | None = None  # (step, outcome) of the last meeting
         # Under torchrun, SIGTERM is the agent stopping its workers (a peer died, a restart is due):
         # that must end the process, not wait for a step boundary that will never come.
         signals = (signal.SIGUSR1,) if state.launcher == "torchrun" else (signal.SIGUSR1, signal.SIGTERM)
@@ -58,15 +61,27 @@ class StopRequest:
             self.marker.unlink(missing_ok=True)
             (self.marker.parent / DONE_FILE).unlink(missing_ok=True)
 
-    def agreed(self, device: torch.device, step: int) -> str | None:
+    def agreed(self, device: torch.device, step: int, steps_to_log: int | None = None) -> str | None:
         """After optimizer step `step`: the reason to stop if any rank was asked to, else None.
 
-        Collective on the steps all ranks meet on (every rank calls this after every step)."""
+        Collective on the steps all ranks meet on (every rank calls this after every step, with the same
+        arguments). A meeting that falls due shortly before a log step waits for it and rides on the log
+        line's all-reduce (`vote`/`settle`), so it costs no collective of its own."""
         if not has_group():
             return self.received or ("marker" if self.marker.exists() else None)
-        if step < self._next_check:
+        if self._settled is not None and self._settled[0] == step:
+            return self._settled[1]
+        if step < self._next_check or (steps_to_log is not None and steps_to_log <= self._interval):
             return None
-        local = self.received or ("marker" if self.marker.exists() else None)
+        return self.settle(step, all_reduce_sum(self.vote(step), self.dist).tolist())
+
+    def due(self, step: int) -> bool:
+        """A meeting is due at `step` (host-side only: every rank gives the same answer)."""
+        return has_group() and step >= self._next_check
+
+    def vote(self, step: int) -> list[float]:
+        """This rank's part of a meeting at `step`, to be summed over the ranks: [asked to stop, interval]."""
+        self._local = self.received or ("marker" if self.marker.exists() else None)
         interval = 0.0
         if self.dist.is_main:
             now = time.monotonic()
@@ -75,10 +90,15 @@ class StopRequest:
                 interval = max(1.0, min(float(int(rate * self.check_every_s)), 1000.0))
             self._last_check = (step, now)
         # Only rank 0 adds an interval, so the sum is its value on every rank.
-        t = all_reduce_sum([1.0 if local else 0.0, interval], self.dist).tolist()
-        self._next_check = step + max(1, int(t[1]))
+        return [1.0 if self._local else 0.0, interval]
+
+    def settle(self, step: int, summed: list[float]) -> str | None:
+        """The meeting's outcome from the summed votes; `agreed(step)` then returns it without a collective."""
+        self._interval = max(1, int(summed[1]))
+        self._next_check = step + self._interval
         self.meetings += 1
-        return (local or "another rank") if t[0] > 0 else None
+        self._settled = (step, (self._local or "another rank") if summed[0] > 0 else None)
+        return self._settled[1]
 
     def record_stop(self, step: int) -> None:
         if self.dist.is_main:
