@@ -5,7 +5,9 @@ The marker file `<output_dir>/PREEMPT` is how a Slurm batch script reaches every
 even under torchrun, which does not forward SIGUSR1. All ranks agree before anyone stops.
 
 Agreeing costs a collective, so ranks meet about once a second rather than every step: at each meeting
-rank 0 also says how many steps make a second, which fixes the next meeting's step for everyone.
+rank 0 also says how many steps make a second, which fixes the next meeting's step for everyone. The
+same meeting carries whether each rank's background checkpoint write has ended, so completing an async
+save costs no collective of its own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class StopRequest:
         self._previous = {}
         self._next_check = 0
         self._last_check: tuple[int, float] | None = None  # (step, time) of the last meeting
+        self.all_written = False
+        """Whether every rank passed checkpoint_written=True to this step's meeting (False: no meeting)."""
         # Under torchrun, SIGTERM is the agent stopping its workers (a peer died, a restart is due):
         # that must end the process, not wait for a step boundary that will never come.
         signals = (signal.SIGUSR1,) if state.launcher == "torchrun" else (signal.SIGUSR1, signal.SIGTERM)
@@ -58,11 +62,14 @@ class StopRequest:
             self.marker.unlink(missing_ok=True)
             (self.marker.parent / DONE_FILE).unlink(missing_ok=True)
 
-    def agreed(self, device: torch.device, step: int) -> str | None:
-        """After optimizer step `step`: the reason to stop if any rank was asked to, else None.
+    def agreed(self, device: torch.device, step: int, checkpoint_written: bool = True) -> str | None:
+        """After optimizer step `step`: the reason to stop if any rank was asked to, else None. Sets
+        `all_written` from every rank's `checkpoint_written` (CheckpointManager.written).
 
         Collective on the steps all ranks meet on (every rank calls this after every step)."""
+        self.all_written = False
         if not has_group():
+            self.all_written = checkpoint_written  # alone, this rank's answer is everyone's
             return self.received or ("marker" if self.marker.exists() else None)
         if step < self._next_check:
             return None
@@ -75,9 +82,10 @@ class StopRequest:
                 interval = max(1.0, min(float(int(rate * self.check_every_s)), 1000.0))
             self._last_check = (step, now)
         # Only rank 0 adds an interval, so the sum is its value on every rank.
-        t = all_reduce_sum([1.0 if local else 0.0, interval], self.dist).tolist()
+        t = all_reduce_sum([1.0 if local else 0.0, interval, 0.0 if checkpoint_written else 1.0], self.dist).tolist()
         self._next_check = step + max(1, int(t[1]))
         self.meetings += 1
+        self.all_written = t[2] == 0
         return (local or "another rank") if t[0] > 0 else None
 
     def record_stop(self, step: int) -> None:
