@@ -136,3 +136,35 @@ def test_malicious_dcp_metadata_is_refused_unexecuted(manager, tmp_path):
         export_model(path, tmp_path / "m.safetensors")
     assert not (tmp_path / "pwned").exists()
 
+
+def test_async_staging_is_pinned_and_reused_on_cuda_and_dcps_own_on_the_cpu(monkeypatch, tmp_path):
+    """Which stager async_save gets (the staging itself needs a GPU: unverified here)."""
+    import torch.distributed.checkpoint.staging as staging
+
+    from dtrain.dist import DistState
+    from dtrain.strategies.base import Strategy
+
+    made: list = []
+    passed: list = []
+
+    class FakeStager:
+        def __init__(self, options):
+            made.append(options)
+
+        def close(self):
+            made.append("closed")
+
+    monkeypatch.setattr(staging, "DefaultStager", FakeStager)
+    monkeypatch.setattr(dcp, "async_save", lambda state, **kw: passed.append(kw["async_stager"]))
+    for device in ("cpu", "cuda"):
+        strategy = Strategy(None, DistState(0, 1, 0, 1, torch.device(device), "single"), None)
+        monkeypatch.setattr(strategy, "_dcp_state", lambda: {})
+        monkeypatch.setattr(strategy, "checkpoint_group", lambda: None)
+        for _ in range(3):
+            strategy.save_state(tmp_path, async_save=True)
+        strategy.close()
+    assert passed[:3] == [None] * 3  # the CPU: DCP's default staging, as before
+    assert isinstance(passed[3], FakeStager) and passed[3] is passed[4] is passed[5]  # CUDA: one, reused
+    options = made[0]
+    assert options.use_pinned_memory and not options.use_shared_memory and not options.use_async_staging
+    assert made[1:] == ["closed"]
