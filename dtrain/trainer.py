@@ -199,7 +199,6 @@ class Trainer:
 
     def _after_step(self, window: list[int]) -> None:
         cc, tc = self.cfg.checkpoint, self.cfg.train
-        self.ckpt.poll()  # an async save that has ended becomes complete here
         self.step += 1
         self.batch_in_epoch += len(window)
         self.sample_in_epoch += sum(window) * self.dist.world_size  # every rank draws the same sizes
@@ -240,8 +239,15 @@ class Trainer:
             if improved:
                 self.ckpt.mark_best(path, cc.best_metric, self.best_value, self.step)
 
-        steps_to_log = tc.log_every - self.step % tc.log_every
-        reason = None if last else self.stop_request.agreed(self.device, self.step, steps_to_log)
+        reason = None
+        if not last:  # the last step's save is completed by fit() itself
+            steps_to_log = tc.log_every - self.step % tc.log_every
+            reason = self.stop_request.agreed(self.device, self.step, steps_to_log, checkpoint_written=self.ckpt.written)
+            # An async save that has ended on every rank becomes complete here, as the meeting found. Not
+            # one begun at this step: a save never completes in the step that started it, so a crash
+            # right after a save started always leaves it incomplete (what the crash tests rely on).
+            if self.last_saved_step != self.step:
+                self.ckpt.poll(self.stop_request.all_written)
         if reason:
             self.guard.check(self.step, self.model, self.logger.info)
             if self.last_saved_step != self.step:
@@ -345,7 +351,8 @@ class Trainer:
         meet = self.step < self.total_steps and self.stop_request.due(self.step)
         values = self._window_loss.view(1)
         if meet:
-            vote = torch.tensor(self.stop_request.vote(self.step), dtype=torch.float64, device=self.device)
+            vote = torch.tensor(self.stop_request.vote(self.step, self.ckpt.written), dtype=torch.float64,
+                                device=self.device)
             values = torch.cat([values, vote])
         total = all_reduce_sum(values, self.dist).tolist()
         if meet:
@@ -418,15 +425,11 @@ class Trainer:
         """The newest checkpoint every rank can load; a damaged one is skipped with a warning."""
         for path in self.ckpt.complete_newest_first():
             try:
-                loaded, problem = self.ckpt.load(path), None
+                # Collective: all ranks resume from the same step, and skip a checkpoint any rank cannot read.
+                return self.ckpt.load(path)
             except CheckpointError as exc:
-                loaded, problem = None, str(exc)
-            # All ranks must resume from the same step: skip a checkpoint if any rank cannot read its part.
-            bad = all_reduce_sum(0.0 if loaded else 1.0, self.dist).item()
-            if not bad:
-                return loaded
-            print(f"[dtrain] warning (rank {self.dist.rank}): {problem or 'another rank cannot load ' + str(path)}; "
-                  "falling back to the previous checkpoint", flush=True)
+                print(f"[dtrain] warning (rank {self.dist.rank}): {exc}; falling back to the previous checkpoint",
+                      flush=True)
         return None
 
     def _start(self) -> None:

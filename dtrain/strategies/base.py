@@ -48,6 +48,7 @@ class Strategy:
         self.optimizer: torch.optim.Optimizer | None = None
         """The torch optimizer (the learning-rate schedule steps its param groups)."""
         self._ckpt_group = None
+        self._stager = None
 
     # ------------------------------------------------------------------ set-up and the step
     def setup(self, source: ModelSource, make_optimizer: OptimizerFactory) -> None:
@@ -113,9 +114,29 @@ class Strategy:
         state = self._dcp_state()
         group = self.checkpoint_group()
         if async_save:
-            return dcp.async_save(state, checkpoint_id=str(path), process_group=group)
+            return dcp.async_save(state, checkpoint_id=str(path), process_group=group,
+                                  async_stager=self._async_stager())
         dcp.save(state, checkpoint_id=str(path), process_group=group)
         return None
+
+    def _async_stager(self):
+        """On CUDA, one stager for the whole run: pinned host buffers, allocated and pinned at the first
+        save and refilled at each later one (torchtitan's way), so staging is a DMA copy and no save
+        allocates. Reusing them is safe: one write is in flight at a time (CheckpointManager.begin_save
+        completes the previous one before staging the next). Staging itself stays synchronous, so
+        async_save still returns a plain future and the next optimizer step cannot race the copy.
+
+        None elsewhere: DCP's default, a fresh pageable copy per save. Pinning needs CUDA (torch ignores
+        it on the CPU and refuses a non-blocking copy without an accelerator), and the CPU path is the
+        one the tests run."""
+        if self.dist.device.type != "cuda":
+            return None
+        if self._stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
+                                                        use_async_staging=False, use_non_blocking_copy=True))
+        return self._stager
 
     def load_state(self, path: Path) -> None:
         """Model + optimizer from a dcp checkpoint, resharded to this run's world size if it differs."""
@@ -140,3 +161,6 @@ class Strategy:
 
     def close(self) -> None:
         """Release what setup created (called once the run ends, before the process group goes)."""
+        if self._stager is not None:  # a stager passed to async_save is its caller's to close
+            self._stager.close()
+            self._stager = None
