@@ -15,14 +15,14 @@ from __future__ import annotations
 import collections
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SYNC_OP = "aten._local_scalar_dense"
-COLLECTIVE_PREFIXES = ("c10d.", "_c10d_functional.", "c10d_functional.")
-NOT_COLLECTIVES = ("wait_tensor",)  # completing a collective is not a second one
+COLLECTIVE_PREFIXES = ("c10d.", "_c10d_functional.", "c10d_functional.")  # dispatcher ops, not gloo/nccl's own
+NOT_COLLECTIVES = ("wait_tensor", "_wrap_tensor_autograd")  # bookkeeping of a collective, not another one
 _TORCH_DIR = os.path.dirname(torch.__file__)
 # Frames that only route a call to its kernel: a sync is never "theirs".
 _MACHINERY = tuple(os.path.join(_TORCH_DIR, p) for p in (
@@ -38,22 +38,68 @@ class Event:
     tag: object = None  # whatever the caller set with `tag` (e.g. the step number)
 
 
-@dataclass
 class SyncCounter(TorchDispatchMode):
-    """`with SyncCounter() as c: ...`; then `c.events`. Set `c.tag` to label what follows."""
+    """`with SyncCounter() as c: ...`; then `c.events`. Set `c.tag` to label what follows (e.g. a step).
 
-    events: list[Event] = field(default_factory=list)
-    tag: object = None
+    Syncs are seen by this dispatch mode, each with the Python line that asked for it. Collectives are
+    read from the profiler's record of dispatcher calls instead: a dispatch mode does not see the ops
+    a tensor subclass issues inside its own handling (DTensor's all-reduce of a sharded norm)."""
 
-    def __post_init__(self):
+    def __init__(self):
         super().__init__()
+        self.events: list[Event] = []
+        self._tag = None
+        self._range = None
+        self._ranges: list[tuple[str, object]] = []  # (range name, tag) in order
+        self._profiler = None
+
+    @property
+    def tag(self):
+        return self._tag
+
+    @tag.setter
+    def tag(self, value) -> None:
+        self._tag = value
+        if self._profiler is not None:
+            self._close_range()
+            name = f"synccount:{len(self._ranges)}"
+            self._ranges.append((name, value))
+            self._range = torch.profiler.record_function(name)
+            self._range.__enter__()
+
+    def _close_range(self) -> None:
+        if self._range is not None:
+            self._range.__exit__(None, None, None)
+            self._range = None
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profiler = profile(activities=[ProfilerActivity.CPU])
+        self._profiler.__enter__()
+        self.tag = self._tag
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        self._close_range()
+        self._profiler.__exit__(None, None, None)
+        self._collect_collectives()
+        self._profiler = None
+        return out
+
+    def _collect_collectives(self) -> None:
+        tags = dict(self._ranges)
+        spans = sorted((e.time_range.start, e.time_range.end, tags[e.name]) for e in self._profiler.events()
+                       if e.name in tags)
+        for e in self._profiler.events():
+            if _is_collective(e.name) and not _inside_collective(e):  # one count per call, not per layer
+                tag = next((t for start, end, t in spans if start <= e.time_range.start <= end), None)
+                self.events.append(Event("collective", e.name.replace("::", "."), "", tag))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket._qualified_op_name).replace("::", ".")
-        if name == SYNC_OP:
-            self.events.append(Event("sync", name, _where(), self.tag))
-        elif name.startswith(COLLECTIVE_PREFIXES) and not name.endswith(NOT_COLLECTIVES):
-            self.events.append(Event("collective", name, _where(), self.tag))
+        if func.overloadpacket._qualified_op_name == "aten::_local_scalar_dense":
+            self.events.append(Event("sync", SYNC_OP, _where(), self._tag))
         return func(*args, **(kwargs or {}))
 
     def summary(self, tags=None) -> dict[str, collections.Counter]:
@@ -63,6 +109,20 @@ class SyncCounter(TorchDispatchMode):
             if tags is None or e.tag in tags:
                 out[e.kind][e.where if e.kind == "sync" else e.op] += 1
         return out
+
+
+def _is_collective(name: str) -> bool:
+    name = name.replace("::", ".")
+    return name.startswith(COLLECTIVE_PREFIXES) and not name.endswith(NOT_COLLECTIVES)
+
+
+def _inside_collective(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if _is_collective(parent.name):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def owner(where: str) -> str:
