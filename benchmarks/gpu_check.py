@@ -30,7 +30,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.hostinfo import describe, device_name  # noqa: E402
 from dtrain.checkpoint import read_weights  # noqa: E402
 from dtrain.config import ConfigError, load_config  # noqa: E402
-from dtrain.determinism import make_deterministic  # noqa: E402
 from dtrain.dist import barrier, distributed  # noqa: E402
 from dtrain.runner import build_trainer  # noqa: E402
 from dtrain.trainer import FaultInjected  # noqa: E402
@@ -115,16 +114,7 @@ def resume_check(strategy: str, base: list[str], tmp: Path, ds) -> dict:
     """Unbroken vs stopped at step 3 and resumed: the final weights must be equal bit for bit."""
     args = [*base, *STRATEGIES[strategy], "train.precision=bf16", "train.deterministic=true"]
     name = f"resume/{strategy}"
-    # What `dtrain run` does first for train.deterministic (gpu_check.sh set CUBLAS_WORKSPACE_CONFIG before
-    # any CUDA call); switched off again after, so the compiled runs keep their fast kernels.
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
-    make_deterministic()
-    try:
-        return _resume_check(name, args, tmp, ds)
-    finally:
-        torch.use_deterministic_algorithms(flags[0])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1:]
+    return _resume_check(name, args, tmp, ds)
 
 
 def _resume_check(name: str, args: list[str], tmp: Path, ds) -> dict:

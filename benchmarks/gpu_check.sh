@@ -10,8 +10,9 @@
 #
 # On the lent device machine nothing can be installed from the network: DeepSpeed and its two missing
 # dependencies travel as wheels in .whl/ (benchmarks/gpu_wheels.sh builds them here), installed below.
-# Budget: about 8 minutes on one H200 with 16 cores; runs past GPU_CHECK_BUDGET_S (420) are skipped and
-# say so. Exit code: 0 when nothing failed.
+# Budget: about 8 minutes on one H200 with 16 cores (GPU_CHECK_BUDGET_S, 480): training runs past 330 s
+# are skipped and say so; what is left times the mlp step against the raw loop and the peers
+# (benchmarks/step_time.py, its own report beside this one). Exit code: 0 when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -60,12 +61,27 @@ if [ "$DRY" -eq 0 ]; then
 fi
 
 echo "gpu_check: training runs"
-budget=$(( ${GPU_CHECK_BUDGET_S:-420} - ($(date +%s) - start) ))
+total=${GPU_CHECK_BUDGET_S:-480}
+budget=$(( total * 330 / 480 - ($(date +%s) - start) ))
 GPU_CHECK_BUDGET_S=$budget $PY -m torch.distributed.run --standalone --nproc-per-node 1 benchmarks/gpu_check.py \
     --out "$work/runs" $([ "$DRY" -eq 1 ] && echo --dry) ${GPU_CHECK_ONLY:+--only "$GPU_CHECK_ONLY"} \
     > "$work/runs.log" 2>&1 || rc=1
 { echo; cat "$work/runs/gpu_check.md" 2>/dev/null || { echo "## training runs: no report"; echo '```'; tail -n 40 "$work/runs.log"; echo '```'; }; } >> "$file"
 [ -f "$work/runs/gpu_check.json" ] && cp "$work/runs/gpu_check.json" "${file%.md}.json"
+
+if [ "$DRY" -eq 0 ]; then
+    left=$(( total - ($(date +%s) - start) ))
+    if [ "$left" -gt 90 ]; then
+        echo "gpu_check: step time (mlp) vs the raw loop and the peers, ${left}s left"
+        steps_md="$dest/step_time_${slug}_$(date +%F).md"
+        timeout "$left" $PY benchmarks/step_time.py --workload mlp --nproc 1 --rounds 5 --budget-s $(( left - 45 )) \
+            --out "$steps_md" > "$work/step_time.log" 2>&1 || rc=1
+        { echo; echo "## Step time (benchmarks/step_time.py, mlp)"; cat "$steps_md" 2>/dev/null || tail -n 30 "$work/step_time.log"; } >> "$file"
+        [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] && cp "$steps_md" "$OUT/" 2>/dev/null
+    else
+        echo >> "$file"; echo "Step time: skipped, ${left}s left of the budget." >> "$file"
+    fi
+fi
 echo >> "$file"
 echo "Whole check: $(( $(date +%s) - start )) s, exit $rc." >> "$file"
 

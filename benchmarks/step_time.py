@@ -21,6 +21,7 @@ and say so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -112,13 +113,17 @@ def device_of(local_rank: int):
 
 
 class Clock:
-    """Time at each log point (after the loss all-reduce has synchronised the ranks)."""
+    """Time at each log point (after the loss all-reduce has synchronised the ranks). With a SyncCounter,
+    what follows a mark is tagged with its step: the counted run's syncs and collectives per interval."""
 
-    def __init__(self):
+    def __init__(self, counter=None):
         self.points: list[tuple[int, float, float, float]] = []
+        self.counter = counter
 
     def mark(self, step: int) -> None:
         self.points.append((step, time.perf_counter(), time.time(), time.process_time()))
+        if self.counter is not None:
+            self.counter.tag = step
 
 
 # ============================================================================ the four variants
@@ -279,17 +284,25 @@ def worker(args) -> None:
     spec = dict(WORKLOADS[args.workload])
     spec["log_every"] = args.log_every or spec["log_every"]
     spec["steps"] = args.steps or spec["steps"]
-    clock = Clock()
-    if args.worker == "raw":
-        run_raw(args.workload, spec, clock)
-    elif args.worker == "dtrain":
-        run_dtrain(args.workload, spec, clock, args.run_dir)
-    elif args.worker == "accelerate":
-        run_accelerate(args.workload, spec, clock)
-    else:
-        run_lightning(args.workload, spec, clock)
+    from dtrain.synccount import SyncCounter
+
+    # Counting runs apart from timed ones: the dispatch mode sees every op, and would slow them.
+    counter = SyncCounter() if args.count else None
+    clock = Clock(counter)
+    run = {"raw": run_raw, "dtrain": run_dtrain, "accelerate": run_accelerate, "lightning": run_lightning}
+    extra = (args.run_dir,) if args.worker == "dtrain" else ()
+    with counter if counter is not None else contextlib.nullcontext():
+        run[args.worker](args.workload, spec, clock, *extra)
+    result = {"points": clock.points}
+    if counter is not None:  # per step over the timed log intervals (the log steps' syncs included)
+        timed = [p[0] for p in clock.points if p[0] >= spec["warmup"]]
+        tags = set(timed[:-1])
+        steps = timed[-1] - timed[0]
+        events = [e for e in counter.events if e.tag in tags]
+        result["syncs_per_step"] = sum(e.kind == "sync" for e in events) / steps
+        result["collectives_per_step"] = sum(e.kind == "collective" for e in events) / steps
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(args.result).write_text(json.dumps({"points": clock.points}))
+        Path(args.result).write_text(json.dumps(result))
 
 
 # ============================================================================ the orchestrator
@@ -302,7 +315,8 @@ def step_time(points: list, warmup: int, clock: int = 1) -> float:
     return statistics.median((b[clock] - a[clock]) / (b[0] - a[0]) for a, b in zip(after, after[1:]))
 
 
-def run_one(variant: str, workload: str, nproc: int, log_every: int | None, steps: int | None) -> dict:
+def run_one(variant: str, workload: str, nproc: int, log_every: int | None, steps: int | None,
+            count: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -312,6 +326,8 @@ def run_one(variant: str, workload: str, nproc: int, log_every: int | None, step
             cmd += ["--log-every", str(log_every)]
         if steps:
             cmd += ["--steps", str(steps)]
+        if count:
+            cmd += ["--count"]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
         if not any(k == "OMP_NUM_THREADS" for k in os.environ):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // nproc))
@@ -333,7 +349,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="override the workload's step count")
     p.add_argument("--log-every", type=int, default=None, help="override the workload's steps between log lines")
     p.add_argument("--out", help="write the markdown report here too")
+    p.add_argument("--budget-s", type=float, default=None, help="stop starting rounds after this many seconds")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -347,6 +365,7 @@ def main() -> None:
     missing = [v for v in variants if v in PEER_PACKAGE and importlib.util.find_spec(PEER_PACKAGE[v]) is None]
     variants = [v for v in variants if v not in missing]
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    started = time.monotonic()
     lines = ["# Step time: raw DDP loop vs dtrain vs peers", "",
              f"{datetime.date.today()}, {describe()}; {nproc} ranks "
              f"({'NCCL' if torch.cuda.is_available() else 'gloo'}), {args.rounds} interleaved rounds.", ""]
@@ -357,7 +376,12 @@ def main() -> None:
         steps = args.steps or spec["steps"]
         times: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
+        counted = {v: run_one(v, workload, nproc, args.log_every, spec["warmup"] + 4 * (args.log_every or spec["log_every"]),
+                              count=True) for v in variants}
         for r in range(args.rounds):
+            if args.budget_s and time.monotonic() - started > args.budget_s and r >= 1:
+                print(f"{workload}: time budget spent after {r} round(s)", flush=True)
+                break
             for v in variants:
                 out = run_one(v, workload, nproc, args.log_every, args.steps)
                 times[v].append(step_time(out["points"], spec["warmup"]))
@@ -368,8 +392,8 @@ def main() -> None:
         global_batch = spec["batch"] * nproc
         lines += [f"## {workload}: {steps} steps (first {spec['warmup']} not timed), global batch {global_batch}", "",
                   "| variant | median ms/step | ratio to raw (medians) | median per-round ratio | per-round ms "
-                  "| rank 0 CPU ms/step | CPU ratio to raw |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| rank 0 CPU ms/step | CPU ratio to raw | host syncs/step | collectives/step |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for v in variants:
             med = statistics.median(times[v])
             ratio = f"{med / raw:.3f}" if raw else "-"
@@ -377,8 +401,14 @@ def main() -> None:
             rounds = ", ".join(f"{t * 1e3:.2f}" for t in times[v])
             c = statistics.median(cpu[v])
             cratio = f"{c / statistics.median(cpu['raw']):.3f}" if raw else "-"
-            lines.append(f"| {v} | {med * 1e3:.2f} | {ratio} | {paired} | {rounds} | {c * 1e3:.2f} | {cratio} |")
-        lines.append("")
+            n = counted[v]
+            lines.append(f"| {v} | {med * 1e3:.2f} | {ratio} | {paired} | {rounds} | {c * 1e3:.2f} | {cratio} "
+                         f"| {n['syncs_per_step']:.2f} | {n['collectives_per_step']:.2f} |")
+        lines += ["", "Host syncs (`aten._local_scalar_dense`: `.item()`, `bool(t)`...) and collectives per step are "
+                  "counted by dtrain/synccount.py in a separate run of each variant (the counting would slow a timed "
+                  "one), rank 0, over the same timed log intervals, the log line's loss all-reduce and `.item()` "
+                  "included. On the CPU torch's foreach AdamW reads its step counters with `.item()` (CPU "
+                  "tensors: no device sync on a GPU); dtrain's fused AdamW does not.", ""]
     report = "\n".join(lines)
     print(report)
     if args.out:

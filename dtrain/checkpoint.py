@@ -8,15 +8,22 @@ Layout under <output_dir>/checkpoints/:
 Sharded formats (strategy fsdp, `checkpoint.format: dcp`, strategy deepspeed) use the same directory and
 the same completion rule, with the model and optimizer under `state/` instead of model.pt/optim.pt:
     step_00000120/    state/ (DCP shards + .metadata, or DeepSpeed's files) train_state.pt rng_rank{r}.pt meta.json
-An async save stages the state in memory, writes in the background, and is finished (hashed, meta.json,
-renamed, `latest`) only when the write has ended - at the next save or at the end of the run. A crash
-before that leaves a `.tmp-` directory, never a checkpoint marked complete.
+Each rank hashes the files under `state/` it wrote (DCP's `__<rank>_*.distcp`, DeepSpeed's
+`zero_pp_rank_<rank>_*`; rank 0 also the shared ones) and rank 0 gathers the digests into meta.json:
+no rank reads another's shard to hash it. An async save stages the state in memory, writes and hashes
+in the background, and is finished (meta.json, renamed, `latest`) once the write has ended on every
+rank - which the ranks learn at their stop-request meeting (preemption.py), at the next save, or at
+the end of the run. A crash before that leaves a `.tmp-` directory, never a checkpoint marked complete.
 
 A checkpoint is written into `.tmp-step_*`, every file fsynced, meta.json (the list of files and
 their sha256) written last, the directory renamed into place and only then `latest` updated. A crash
 or a failed write at any point leaves the previous checkpoint complete and `latest` pointing at it.
-Loading checks every listed file against its sha256 (a truncated or bit-flipped file is named, not
-loaded) and uses `torch.load(weights_only=True)`: no pickled objects, only tensors and plain containers.
+Loading checks listed files against their sha256 (a truncated or bit-flipped file is named, not loaded)
+and uses `torch.load(weights_only=True)`: no pickled objects, only tensors and plain containers. Files a
+rank reads itself (train_state.pt, its RNG, model.pt) it checks as it reads them; each file under
+`state/` is checked by one rank only (the one standing for the rank that wrote it), and the ranks agree
+before any of them reads state, so a damaged shard stops every rank, named, and costs no rank a read
+of the whole checkpoint. `dtrain checkpoint export` (one process) checks every file.
 """
 
 from __future__ import annotations
@@ -167,7 +174,10 @@ class _Pending:
     tmp: Path
     final: Path
     handle: Future | None
+    """Ends once this rank's part is written and hashed: its result is that part's digests."""
     kind: str
+    hashes: dict[str, str]
+    """Digests of what this rank wrote before `state/` (its RNG; rank 0 also train_state.pt)."""
     best: dict | None = None
 
 
@@ -268,21 +278,23 @@ class CheckpointManager:
         except OSError as exc:
             error = exc
         self._check_all(error, final)
+        hashes: dict[str, str] = {}
         try:
-            save_file(capture_rng(), tmp / f"rng_rank{self.dist.rank}.pt")
+            rng_name = f"rng_rank{self.dist.rank}.pt"
+            hashes[rng_name] = save_file(capture_rng(), tmp / rng_name)
             if self.dist.is_main:
-                save_file(train_state, tmp / "train_state.pt")
+                hashes["train_state.pt"] = save_file(train_state, tmp / "train_state.pt")
         except OSError as exc:
             error = exc
         self._check_all(error, final, tmp)
         handle = write_state(tmp / "state")
-        if handle is not None and self.dist.is_main:
-            # Hash in the background too, after the write: DCP's coordinator (rank 0) ends its save only
-            # once every rank's shard is written, so its future ending means all files are there.
+        if handle is not None:
+            # Each rank hashes its own files in the background once its write has ended (DCP ends an
+            # async save on every rank only after all shards and the index are written).
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtrain-ckpt-hash")
-            handle = self._executor.submit(_wait_then_hash, handle, tmp)
-        self._pending = _Pending(step, tmp, final, handle, kind)
+            handle = self._executor.submit(_wait_then_hash, handle, tmp / "state", self.dist.rank)
+        self._pending = _Pending(step, tmp, final, handle, kind, hashes)
         if handle is None:
             self.finish()
         return final
@@ -292,35 +304,42 @@ class CheckpointManager:
         """An async write is in flight (its checkpoint is not complete yet)."""
         return self._pending is not None
 
-    def poll(self) -> None:
-        """Collective, cheap: complete the write in flight if it has ended on every rank. Called once a
-        step while a save is pending, so a checkpoint becomes complete soon after its write ends, not
-        only at the next save."""
-        if self._pending is None or self._pending.handle is None:
-            return
-        done = 1.0 if self._pending.handle.done() else 0.0
-        if all_reduce_sum(done, self.dist).item() == self.dist.world_size:
+    @property
+    def written(self) -> bool:
+        """This rank's part of the write in flight has ended and is hashed (or none is in flight).
+        Local, no collective: the ranks compare their answers at a meeting the loop already holds."""
+        return self._pending is None or self._pending.handle is None or self._pending.handle.done()
+
+    def poll(self, all_written: bool) -> None:
+        """Complete the write in flight if `all_written`: every rank said `written` at the same meeting
+        (the stop-request agreement, about once a second). Every rank calls it with the same value.
+
+        No collective of its own, and none at all until the write has ended: a check every step would
+        put a collective and a host sync into each step of exactly the time the write should overlap."""
+        if all_written and self._pending is not None:
             self.finish()
 
     def finish(self) -> Path | None:
-        """Collective. Wait for the write in flight (if any), then mark it complete: hash every file,
-        write meta.json, rename into place, point `latest` at it. Returns its path."""
+        """Collective. Wait for the write in flight (if any), then mark it complete: gather every rank's
+        digests into meta.json, rename into place, point `latest` at it. Returns its path."""
         pending, self._pending = self._pending, None
         if pending is None:
             return None
         error: BaseException | None = None
-        hashes = None
-        if pending.handle is not None:
-            try:
-                hashes = pending.handle.result()
-            except Exception as exc:  # noqa: BLE001 - reported on every rank below
-                error = exc
+        hashes = dict(pending.hashes)
+        try:
+            if pending.handle is not None:
+                hashes.update(pending.handle.result())
+            else:  # a synchronous write: every rank hashes its own files now, side by side
+                hashes.update(_hash_own(pending.tmp / "state", self.dist.rank))
+        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+            error = exc
         self._check_all(error, pending.final, pending.tmp)
+        every_rank = gather_objects(hashes, self.dist)
         error = None
         if self.dist.is_main:
             try:
-                if not isinstance(hashes, dict):
-                    hashes = _hash_tree(pending.tmp)
+                hashes = {k: v for h in every_rank for k, v in h.items()}
                 self._commit(pending.tmp, pending.final, {
                     "format": FORMAT_VERSION, "kind": pending.kind, "step": pending.step,
                     "world_size": self.dist.world_size, "files": sorted(hashes), "sha256": hashes})
@@ -418,7 +437,21 @@ class CheckpointManager:
         return found[0] if found else None
 
     def load(self, path: Path) -> Loaded:
-        path = Path(path)
+        """Collective: every rank calls it. This rank's part of a checkpoint, its bytes checked first.
+
+        Each file under state/ is checked by one rank only, so no rank may go on alone: one all-reduce
+        says whether every rank could load its part, and if not every rank raises the same
+        CheckpointError, naming the damaged file whichever rank found it."""
+        try:
+            loaded, problem = self._load_here(Path(path)), None
+        except CheckpointError as exc:
+            loaded, problem = None, str(exc)
+        if all_reduce_sum(0.0 if problem is None else 1.0, self.dist).item():
+            found = [p for p in gather_objects(problem, self.dist) if p]  # only on failure: a second collective
+            raise CheckpointError("; ".join(dict.fromkeys(found)))
+        return loaded
+
+    def _load_here(self, path: Path) -> Loaded:
         meta = self.read_meta(path)
         if meta is None:
             raise CheckpointError(
@@ -435,7 +468,7 @@ class CheckpointManager:
         for name in meta["files"]:  # a missing part is named before anything is read
             if not (path / name).is_file():
                 raise CheckpointError(f"checkpoint file {path / name} is missing (listed in {path / 'meta.json'})")
-        _verify_state_files(path, meta)
+        _verify_state_files(path, meta, self.dist.rank, self.dist.world_size)
         part = lambda name: load_file(path / name, sums.get(name))  # noqa: E731
         torch_format = kind == "torch"
         return Loaded(
@@ -457,22 +490,54 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verify_state_files(path: Path, meta: dict) -> None:
-    """Files under state/ are read by DCP / DeepSpeed, not by `load_file`: check their bytes first."""
-    sums = meta.get("sha256", {})
-    for name in meta["files"]:
-        if name.startswith("state/") and name in sums and _sha256(path / name) != sums[name]:
-            raise CheckpointError(f"checkpoint file {path / name} is corrupted: its sha256 does not match meta.json")
+# Per-rank files under state/, by the names their writers give them: DCP's FileSystemWriter writes
+# `__<rank>_<n>.distcp` (rank in the checkpoint group, which spans every rank), DeepSpeed
+# `[bf16_]zero_pp_rank_<dp rank>_mp_rank_<mp>_{optim,model}_states.pt` (dtrain has no model parallelism:
+# dp rank = rank). Everything else is shared: written by rank 0 (DCP's .metadata, DeepSpeed's
+# mp_rank_00_model_states.pt and recovery scripts, dtrain's model.safetensors) or of a layout unknown
+# here - hashed by rank 0 then, which stays correct, only not spread over the ranks.
+_RANK_FILE = re.compile(r"^__(\d+)_\d+\.distcp$|^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_")
 
 
-def _hash_tree(root: Path) -> dict[str, str]:
-    """sha256 of every file under `root`, by path relative to it."""
-    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+def _writer(name: str) -> int | None:
+    """The rank that wrote a file under state/ (by its name), or None for a shared file."""
+    m = _RANK_FILE.match(Path(name).name)
+    return None if m is None else int(m.group(1) or m.group(2))
 
 
-def _wait_then_hash(write: Future, root: Path) -> dict[str, str]:
+def _hash_own(state: Path, rank: int) -> dict[str, str]:
+    """sha256 of the files under `state` this rank wrote (rank 0: and the shared ones), by their name in
+    meta.json. Run once the write has ended on every rank: listing the directory reads no file."""
+    hashes = {}
+    for p in sorted(state.rglob("*")):
+        writer = _writer(p.name)
+        if p.is_file() and (writer == rank or (writer is None and rank == 0)):
+            hashes[f"state/{p.relative_to(state)}"] = _sha256(p)
+    return hashes
+
+
+def _wait_then_hash(write: Future, state: Path, rank: int) -> dict[str, str]:
     write.result()
-    return _hash_tree(root)
+    return _hash_own(state, rank)
+
+
+def _checked_here(names: list[str], rank: int, world: int) -> list[str]:
+    """The files under state/ that `rank` of `world` checks: those written by the saving ranks it stands
+    for (rank, rank + world, ...: its own shards when the world size is unchanged, and every shard still
+    checked by someone after a change), and every world-th shared file. Each file by exactly one rank."""
+    state = sorted(n for n in names if n.startswith("state/"))
+    checker = {n: i % world for i, n in enumerate(n for n in state if _writer(n) is None)}
+    checker.update({n: w % world for n in state if (w := _writer(n)) is not None})
+    return [n for n in state if checker[n] == rank]
+
+
+def _verify_state_files(path: Path, meta: dict, rank: int = 0, world: int = 1) -> None:
+    """Files under state/ are read by DCP / DeepSpeed, not by `load_file`: check their bytes first -
+    this rank's share of them (see `_checked_here`); all of them in a single process (world 1)."""
+    sums = meta.get("sha256", {})
+    for name in _checked_here(meta["files"], rank, world):
+        if name in sums and _sha256(path / name) != sums[name]:
+            raise CheckpointError(f"checkpoint file {path / name} is corrupted: its sha256 does not match meta.json")
 
 
 def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:

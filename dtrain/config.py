@@ -51,6 +51,13 @@ class TrainConfig:
     too (the CPU always does). The cost: slower steps (cuDNN's fastest algorithms and some atomics-based
     kernels are out), about 24 MiB more GPU memory for cuBLAS, and an op without a deterministic kernel
     stops the run with an error naming it."""
+    tf32: bool = True
+    """fp32 matrix products and convolutions on TF32 tensor cores (GPUs from Ampere on): several times
+    faster, inputs rounded to a 10-bit mantissa, as the MFU peak assumes. false: full fp32 arithmetic.
+    No effect on the CPU, nor inside bf16/fp16 autocast."""
+    cudnn_benchmark: bool | Literal["auto"] = "auto"
+    """Time cuDNN's convolution algorithms for each new input shape and keep the fastest (convnets on GPUs).
+    auto: on, unless train.deterministic (the choice can change the rounding from run to run)."""
     log_every: int = 10
     """Optimizer steps between metric lines."""
     eval_every: int | None = None
@@ -59,7 +66,7 @@ class TrainConfig:
     """DataLoader worker processes per rank; auto: 0 on the CPU (ranks already use the cores), 2 with CUDA."""
     on_nonfinite: Literal["skip", "stop", "off"] = "skip"
     """A NaN/Inf loss or gradient: skip that update (stop after max_nonfinite_in_a_row), stop at once, or
-    off (no check: saves one host sync per step)."""
+    off (no check). The check costs no host sync: the decision stays on the GPU and is read at log steps."""
     max_nonfinite_in_a_row: int = 5
     """Skipped updates in a row after which the run stops with nonfinite_report.json."""
     peak_flops: float | None = None
@@ -81,6 +88,9 @@ class TrainConfig:
             bad.append(f"train.num_workers: must be >= 0, got {self.num_workers}")
         if self.peak_flops is not None and self.peak_flops <= 0:
             bad.append(f"train.peak_flops: must be > 0 or null, got {self.peak_flops}")
+        if self.deterministic and self.cudnn_benchmark is True:
+            bad.append("train.cudnn_benchmark: true contradicts train.deterministic (the fastest algorithm can "
+                       "change between runs); set it to auto or false")
         if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
             bad.append(f"train.compile: unknown mode {self.compile!r}; use true, false or one of {sorted(COMPILE_MODES)}")
         return bad
@@ -223,6 +233,16 @@ class ProfileConfig:
 
 
 @dataclass(kw_only=True)
+class DDPConfig:
+    """strategy: ddp (DistributedDataParallel)."""
+
+    broadcast_buffers: bool | Literal["auto"] = "auto"
+    """Send rank 0's buffers to every rank before each forward. auto: only for a model with batch norm,
+    whose running statistics change in training; other buffers (position ids, rotary tables) are constants,
+    and broadcasting them would be a collective every step for nothing."""
+
+
+@dataclass(kw_only=True)
 class FSDPConfig:
     """strategy: fsdp (FSDP2, `torch.distributed.fsdp.fully_shard`)."""
 
@@ -289,6 +309,7 @@ class RunConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)

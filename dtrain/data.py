@@ -109,7 +109,8 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=state.device.type == "cuda",
-        persistent_workers=False,
+        # Workers live as long as the loader: not forked anew for every epoch and every evaluation.
+        persistent_workers=num_workers > 0,
         # A private generator: otherwise creating each iterator draws from the global torch RNG,
         # and a run resumed mid-epoch would see a different random stream than an unbroken one.
         generator=torch.Generator().manual_seed(0),

@@ -1,4 +1,5 @@
-"""`train.deterministic`: the switches that make GPU runs repeat bit for bit (the CPU needs none)."""
+"""Which kernels a run may use: `train.deterministic` (the switches that make GPU runs repeat bit for bit;
+the CPU needs none), `train.tf32` and `train.cudnn_benchmark`. Process-wide settings of torch."""
 
 from __future__ import annotations
 
@@ -23,3 +24,17 @@ def make_deterministic() -> None:
     # The benchmark picks the fastest convolution algorithm per shape by timing, so the choice can differ
     # between runs, and with it the rounding.
     torch.backends.cudnn.benchmark = False
+
+
+def configure_kernels(deterministic: bool, tf32: bool, cudnn_benchmark: bool | str) -> None:
+    """Set all three from a run's config (each explicitly: several runs may share one process)."""
+    if deterministic:
+        make_deterministic()
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = cudnn_benchmark in (True, "auto")
+    # The CUDA switches only: set_float32_matmul_precision("high") would also let oneDNN round fp32
+    # matrix products on CPUs that have reduced-precision units.
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32

@@ -17,9 +17,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     decay = [p for p in params if _ndim(p) >= 2]
     no_decay = [p for p in params if _ndim(p) < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # Fused: one kernel per parameter group and step on CUDA (faster than foreach there), and it reads the
+    # skip flag of the non-finite guard and of GradScaler on the device, where foreach needs a host sync.
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
 
 
 def _ndim(p: nn.Parameter) -> int:

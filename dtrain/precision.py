@@ -35,15 +35,26 @@ class Precision:
         if self.scaler:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Apply the update; False when fp16 found inf/NaN gradients and skipped it."""
-        if not self.scaler:
+    def step(self, optimizer: torch.optim.Optimizer, skip: torch.Tensor | None = None) -> None:
+        """Apply the update, decided on the device: skipped where `skip` (a 0-dim float tensor, 1 = skip)
+        says so or, under fp16, where the scaler found inf/NaN gradients.
+
+        No host sync: dtrain's optimizers are fused, and a fused step reads `found_inf` on the device
+        (GradScaler hands it its own; with `.item()` otherwise). Its step counters skip along."""
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return
+        if skip is None:
             optimizer.step()
-            return True
-        before = self.scaler.get_scale()
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        return self.scaler.get_scale() >= before
+        elif optimizer.defaults.get("fused"):
+            optimizer.found_inf = skip
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf
+        elif not bool(skip):  # an optimizer without a fused step: decided on the host
+            optimizer.step()
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler else {}

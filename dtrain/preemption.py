@@ -5,7 +5,9 @@ The marker file `<output_dir>/PREEMPT` is how a Slurm batch script reaches every
 even under torchrun, which does not forward SIGUSR1. All ranks agree before anyone stops.
 
 Agreeing costs a collective, so ranks meet about once a second rather than every step: at each meeting
-rank 0 also says how many steps make a second, which fixes the next meeting's step for everyone.
+rank 0 also says how many steps make a second, which fixes the next meeting's step for everyone. The
+same meeting carries whether each rank's background checkpoint write has ended, so completing an async
+save costs no collective of its own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class StopRequest:
         self._previous = {}
         self._next_check = 0
         self._last_check: tuple[int, float] | None = None  # (step, time) of the last meeting
+        self._interval = 1  # steps between meetings, as rank 0 last measured (the same on every rank)
+        self._local: str | None = None
+        self._settled: tuple[int, str | None, bool] | None = None  # (step, outcome, all_written), last meeting
+        self.all_written = False
+        """Whether every rank passed checkpoint_written=True to this step's meeting (False: no meeting)."""
         # Under torchrun, SIGTERM is the agent stopping its workers (a peer died, a restart is due):
         # that must end the process, not wait for a step boundary that will never come.
         signals = (signal.SIGUSR1,) if state.launcher == "torchrun" else (signal.SIGUSR1, signal.SIGTERM)
@@ -58,15 +65,33 @@ class StopRequest:
             self.marker.unlink(missing_ok=True)
             (self.marker.parent / DONE_FILE).unlink(missing_ok=True)
 
-    def agreed(self, device: torch.device, step: int) -> str | None:
-        """After optimizer step `step`: the reason to stop if any rank was asked to, else None.
+    def agreed(self, device: torch.device, step: int, steps_to_log: int | None = None,
+               checkpoint_written: bool = True) -> str | None:
+        """After optimizer step `step`: the reason to stop if any rank was asked to, else None. Sets
+        `all_written` from every rank's `checkpoint_written` (CheckpointManager.written).
 
-        Collective on the steps all ranks meet on (every rank calls this after every step)."""
+        Collective on the steps all ranks meet on (every rank calls this after every step, with the same
+        arguments). A meeting that falls due shortly before a log step waits for it and rides on the log
+        line's all-reduce (`vote`/`settle`), so it costs no collective of its own."""
         if not has_group():
+            self.all_written = checkpoint_written  # alone, this rank's answer is everyone's
             return self.received or ("marker" if self.marker.exists() else None)
-        if step < self._next_check:
+        if self._settled is not None and self._settled[0] == step:
+            self.all_written = self._settled[2]
+            return self._settled[1]
+        self.all_written = False
+        if step < self._next_check or (steps_to_log is not None and steps_to_log <= self._interval):
             return None
-        local = self.received or ("marker" if self.marker.exists() else None)
+        return self.settle(step, all_reduce_sum(self.vote(step, checkpoint_written), self.dist).tolist())
+
+    def due(self, step: int) -> bool:
+        """A meeting is due at `step` (host-side only: every rank gives the same answer)."""
+        return has_group() and step >= self._next_check
+
+    def vote(self, step: int, checkpoint_written: bool = True) -> list[float]:
+        """This rank's part of a meeting at `step`, to be summed over the ranks:
+        [asked to stop, interval, its async checkpoint write still running]."""
+        self._local = self.received or ("marker" if self.marker.exists() else None)
         interval = 0.0
         if self.dist.is_main:
             now = time.monotonic()
@@ -75,10 +100,16 @@ class StopRequest:
                 interval = max(1.0, min(float(int(rate * self.check_every_s)), 1000.0))
             self._last_check = (step, now)
         # Only rank 0 adds an interval, so the sum is its value on every rank.
-        t = all_reduce_sum([1.0 if local else 0.0, interval], self.dist).tolist()
-        self._next_check = step + max(1, int(t[1]))
+        return [1.0 if self._local else 0.0, interval, 0.0 if checkpoint_written else 1.0]
+
+    def settle(self, step: int, summed: list[float]) -> str | None:
+        """The meeting's outcome from the summed votes; `agreed(step)` then returns it without a collective."""
+        self._interval = max(1, int(summed[1]))
+        self._next_check = step + self._interval
         self.meetings += 1
-        return (local or "another rank") if t[0] > 0 else None
+        self.all_written = summed[2] == 0
+        self._settled = (step, (self._local or "another rank") if summed[0] > 0 else None, self.all_written)
+        return self._settled[1]
 
     def record_stop(self, step: int) -> None:
         if self.dist.is_main:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dtrain.checkpoint import seed_everything
 from dtrain.config import RunConfig
-from dtrain.determinism import make_deterministic
+from dtrain.determinism import configure_kernels
 from dtrain.dist import DistState, distributed
 from dtrain.recipe import BuildContext, resolve_recipe
 from dtrain.trainer import Trainer
@@ -14,8 +14,8 @@ from dtrain.trainer import Trainer
 
 def train(cfg: RunConfig) -> dict[str, float]:
     """Train `cfg` in this process (as the only rank, or as one rank of torchrun / srun)."""
-    if cfg.train.deterministic:
-        make_deterministic()  # first: joining the group may already touch the GPU (see its docstring)
+    # First: joining the group may already touch the GPU, and cuBLAS reads its setting only once.
+    configure_kernels(cfg.train.deterministic, cfg.train.tf32, cfg.train.cudnn_benchmark)
     with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
         return build_trainer(cfg, ds).fit()
 
@@ -26,6 +26,8 @@ def build_trainer(cfg: RunConfig, ds: DistState) -> Trainer:
     # Same seed on every rank while the recipe builds its data (and a model it builds itself); the
     # Trainer builds a model given as a function under the same seed. Then one stream per rank for
     # augmentation and dropout.
+    tc = cfg.train
+    configure_kernels(tc.deterministic, tc.tf32, tc.cudnn_benchmark)  # again: this run's, not an earlier one's
     seed_everything(cfg.seed)
     recipe = resolve_recipe(cfg.recipe)
     task = recipe.build(cfg.task, BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir)))

@@ -107,7 +107,8 @@ class Trainer:
                                    compiled=bool(tc.compile))
         self.profiler = StepProfiler(cfg.profile, self.run_dir, dist, log=self.logger.info)
         self.stop_request = StopRequest(self.run_dir, dist)
-        self.guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_in_a_row, self.run_dir, dist)
+        self.guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_in_a_row, self.run_dir, dist,
+                                    window=tc.log_every, scaler=self.precision.scaler is not None)
         self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s,
                                  watch_compiles=bool(tc.compile))
         # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
@@ -188,19 +189,16 @@ class Trainer:
         self.metrics.add(window_samples, tokens)
 
         beat(step, len(window), "optimizer")
-        applied, self._grad_norm = self.strategy.step(self.guard.enabled)
-        if applied or not self.guard.enabled:
-            self.guard.good_step()
-        else:
-            self.guard.bad_step(step, step_loss / window_samples, self.model,
-                                scaler_overflow=self.precision.scaler is not None, log=self.logger.info)
+        outcome = self.strategy.step(self.guard.enabled)  # decided on the device: no host sync
+        self._grad_norm = outcome.norm
+        if self.guard.enabled:
+            self.guard.record(step, outcome.bad, step_loss / window_samples, outcome.params, outcome.param_bad)
         # The schedule follows the step count, applied or skipped, as with GradScaler's skipped steps.
         self.scheduler.step()
         self.strategy.zero_grad()
 
     def _after_step(self, window: list[int]) -> None:
         cc, tc = self.cfg.checkpoint, self.cfg.train
-        self.ckpt.poll()  # an async save that has ended becomes complete here
         self.step += 1
         self.batch_in_epoch += len(window)
         self.sample_in_epoch += sum(window) * self.dist.world_size  # every rank draws the same sizes
@@ -210,13 +208,20 @@ class Trainer:
             self.batch_in_epoch = self.sample_in_epoch = 0
         last = self.step >= self.total_steps
         self.logger.tick(self.step)
-        if self.step % tc.log_every == 0 or last:
+        due_log = self.step % tc.log_every == 0 or last
+        due_eval = self.val_loader is not None and (
+            (tc.eval_every and self.step % tc.eval_every == 0) or (tc.eval_every is None and epoch_end) or last)
+        due_save = (cc.every_steps and self.step % cc.every_steps == 0) or (cc.every_epoch and epoch_end) or last
+        # Where the loop syncs anyway, the guard reads the steps it recorded on the device (it may stop
+        # the run here, before anything is saved after a bad step).
+        if due_log or due_eval or due_save or self.guard.due(self.step):
+            self.guard.check(self.step, self.model, self.logger.info)
+        if due_log:
             self.watchdog.beat(self.step, 0, "log")
             self._log_train()
 
         improved = False
-        due_eval = (tc.eval_every and self.step % tc.eval_every == 0) or (tc.eval_every is None and epoch_end)
-        if self.val_loader is not None and (due_eval or last):
+        if due_eval:
             metrics = self.evaluate()
             self.last_eval = metrics
             self.logger.log({"step": self.step, "epoch": self.epoch, **metrics}, kind="eval")
@@ -229,16 +234,22 @@ class Trainer:
                     f"{self.early_stopping.patience} evaluations (best {self.early_stopping.best:.4g})"
                 )
 
-        due_save = (
-            (cc.every_steps and self.step % cc.every_steps == 0) or (cc.every_epoch and epoch_end) or last or improved
-        )
-        if due_save and self.last_saved_step != self.step:
+        if (due_save or improved or last) and self.last_saved_step != self.step:  # last: also an early stop
             path = self.save_checkpoint()
             if improved:
                 self.ckpt.mark_best(path, cc.best_metric, self.best_value, self.step)
 
-        reason = None if last else self.stop_request.agreed(self.device, self.step)
+        reason = None
+        if not last:  # the last step's save is completed by fit() itself
+            steps_to_log = tc.log_every - self.step % tc.log_every
+            reason = self.stop_request.agreed(self.device, self.step, steps_to_log, checkpoint_written=self.ckpt.written)
+            # An async save that has ended on every rank becomes complete here, as the meeting found. Not
+            # one begun at this step: a save never completes in the step that started it, so a crash
+            # right after a save started always leaves it incomplete (what the crash tests rely on).
+            if self.last_saved_step != self.step:
+                self.ckpt.poll(self.stop_request.all_written)
         if reason:
+            self.guard.check(self.step, self.model, self.logger.info)
             if self.last_saved_step != self.step:
                 self.save_checkpoint()
             self.ckpt.finish()
@@ -335,9 +346,18 @@ class Trainer:
 
     # ================================================================== logging
     def _log_train(self) -> None:
-        # Every rank draws the same micro-batch sizes, so the global sample count needs no collective.
-        total = all_reduce_sum(self._window_loss, self.dist)
-        loss = total.item() / max(1, self._window_n * self.dist.world_size)
+        # Every rank draws the same micro-batch sizes, so the global sample count needs no collective. A
+        # stop-request meeting that is due rides on this all-reduce rather than costing one of its own.
+        meet = self.step < self.total_steps and self.stop_request.due(self.step)
+        values = self._window_loss.view(1)
+        if meet:
+            vote = torch.tensor(self.stop_request.vote(self.step, self.ckpt.written), dtype=torch.float64,
+                                device=self.device)
+            values = torch.cat([values, vote])
+        total = all_reduce_sum(values, self.dist).tolist()
+        if meet:
+            self.stop_request.settle(self.step, total[1:])
+        loss = total[0] / max(1, self._window_n * self.dist.world_size)
         record = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
         if self._grad_norm is not None:
             record["grad_norm"] = self._grad_norm.item()
@@ -405,15 +425,11 @@ class Trainer:
         """The newest checkpoint every rank can load; a damaged one is skipped with a warning."""
         for path in self.ckpt.complete_newest_first():
             try:
-                loaded, problem = self.ckpt.load(path), None
+                # Collective: all ranks resume from the same step, and skip a checkpoint any rank cannot read.
+                return self.ckpt.load(path)
             except CheckpointError as exc:
-                loaded, problem = None, str(exc)
-            # All ranks must resume from the same step: skip a checkpoint if any rank cannot read its part.
-            bad = all_reduce_sum(0.0 if loaded else 1.0, self.dist).item()
-            if not bad:
-                return loaded
-            print(f"[dtrain] warning (rank {self.dist.rank}): {problem or 'another rank cannot load ' + str(path)}; "
-                  "falling back to the previous checkpoint", flush=True)
+                print(f"[dtrain] warning (rank {self.dist.rank}): {exc}; falling back to the previous checkpoint",
+                      flush=True)
         return None
 
     def _start(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -16,6 +17,21 @@ from dtrain.model_init import ModelSource
 from dtrain.precision import Precision
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+@dataclass
+class StepOutcome:
+    """What an optimizer step left on the device; the host reads it only when it syncs anyway (log steps)."""
+
+    norm: torch.Tensor
+    """Global gradient norm before clipping."""
+    bad: torch.Tensor | None
+    """1.0 when the gradients were not finite and the update was skipped (DeepSpeed outside fp16: applied
+    anyway, only counted); None when nobody looked (guard off, no scaler)."""
+    params: list | None = None
+    """The parameters that had gradients, in the order of `param_bad`."""
+    param_bad: torch.Tensor | None = None
+    """Per parameter of `params`: its gradient (this rank's shard of it) was not finite."""
 
 
 class Strategy:
@@ -32,6 +48,7 @@ class Strategy:
         self.optimizer: torch.optim.Optimizer | None = None
         """The torch optimizer (the learning-rate schedule steps its param groups)."""
         self._ckpt_group = None
+        self._stager = None
 
     # ------------------------------------------------------------------ set-up and the step
     def setup(self, source: ModelSource, make_optimizer: OptimizerFactory) -> None:
@@ -45,22 +62,27 @@ class Strategy:
     def backward(self, loss: torch.Tensor) -> None:
         self.precision.backward(loss)
 
-    def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
-        grads = [p.grad for p in params if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads)
+    def global_norm(self, local_norms: torch.Tensor) -> torch.Tensor:
+        """The norm of all gradients from the per-parameter norms this rank holds."""
+        return torch.linalg.vector_norm(local_norms)
 
-    def step(self, guard_enabled: bool) -> tuple[bool, torch.Tensor]:
-        """Unscale, clip to train.grad_clip, step. Returns (applied, global grad norm before clipping)."""
+    def step(self, guard_enabled: bool) -> StepOutcome:
+        """Unscale, clip to train.grad_clip, step: all on the device, with no host sync (see StepOutcome)."""
         self.precision.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = self.grad_norm(params)
+        # Per-parameter norms once (as get_total_norm does): the global norm from them, and the guard's
+        # report of which parameters went bad.
+        per_param = torch.stack(torch._foreach_norm([p.grad for p in params], 2.0))
+        norm = self.global_norm(per_param)
+        local = per_param.to_local() if hasattr(per_param, "to_local") else per_param  # this rank's shards
         clip = self.cfg.train.grad_clip
         if clip:
-            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        # Every rank holds the same (reduced) gradient norm, so this decision needs no collective.
-        # fp16's scaler makes its own (also global) decision.
-        finite = not guard_enabled or self.precision.scaler is not None or bool(torch.isfinite(norm))
-        return finite and self.precision.step(self.optimizer), norm
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm, foreach=True)
+        # Every rank holds the same (reduced) norm, so every rank skips the same updates, with no collective.
+        # Under fp16 the scaler's own flag (the same test, on the scaled gradients) decides.
+        bad = (~torch.isfinite(norm)).float() if guard_enabled or self.precision.scaler else None
+        self.precision.step(self.optimizer, skip=bad if guard_enabled else None)
+        return StepOutcome(norm, bad, params=params, param_bad=~torch.isfinite(local))
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -92,9 +114,29 @@ class Strategy:
         state = self._dcp_state()
         group = self.checkpoint_group()
         if async_save:
-            return dcp.async_save(state, checkpoint_id=str(path), process_group=group)
+            return dcp.async_save(state, checkpoint_id=str(path), process_group=group,
+                                  async_stager=self._async_stager())
         dcp.save(state, checkpoint_id=str(path), process_group=group)
         return None
+
+    def _async_stager(self):
+        """On CUDA, one stager for the whole run: pinned host buffers, allocated and pinned at the first
+        save and refilled at each later one (torchtitan's way), so staging is a DMA copy and no save
+        allocates. Reusing them is safe: one write is in flight at a time (CheckpointManager.begin_save
+        completes the previous one before staging the next). Staging itself stays synchronous, so
+        async_save still returns a plain future and the next optimizer step cannot race the copy.
+
+        None elsewhere: DCP's default, a fresh pageable copy per save. Pinning needs CUDA (torch ignores
+        it on the CPU and refuses a non-blocking copy without an accelerator), and the CPU path is the
+        one the tests run."""
+        if self.dist.device.type != "cuda":
+            return None
+        if self._stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
+                                                        use_async_staging=False, use_non_blocking_copy=True))
+        return self._stager
 
     def load_state(self, path: Path) -> None:
         """Model + optimizer from a dcp checkpoint, resharded to this run's world size if it differs."""
@@ -119,3 +161,6 @@ class Strategy:
 
     def close(self) -> None:
         """Release what setup created (called once the run ends, before the process group goes)."""
+        if self._stager is not None:  # a stager passed to async_save is its caller's to close
+            self._stager.close()
+            self._stager = None

@@ -26,7 +26,8 @@ class DDPStrategy(Strategy):
         self.ddp = None
         if has_group():  # also at world size 1 under a launcher: the same collectives as at 8 ranks
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.ddp = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True)
+            self.ddp = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True,
+                           broadcast_buffers=broadcast_buffers(model, self.cfg.ddp.broadcast_buffers))
         self.train_model = self.ddp or model
         self.optimizer = make_optimizer(model)
 
@@ -34,3 +35,10 @@ class DDPStrategy(Strategy):
         # DDP all-reduces gradients in backward; skip that on all but the last micro-batch of the
         # window (nanoGPT's trick) - the reduction of the summed gradients happens once.
         return contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+
+
+def broadcast_buffers(model: nn.Module, setting: bool | str) -> bool:
+    """ddp.broadcast_buffers, with auto = the model has batch norm (running statistics change as it trains)."""
+    if setting != "auto":
+        return bool(setting)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())

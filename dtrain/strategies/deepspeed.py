@@ -22,7 +22,7 @@ from dtrain.checkpoint import CheckpointError
 from dtrain.config import ConfigError, RunConfig
 from dtrain.dist import ensure_process_group
 from dtrain.model_init import SOURCE_RANK, ModelSource, non_persistent_buffers, send_buffers
-from dtrain.strategies.base import OptimizerFactory, Strategy
+from dtrain.strategies.base import OptimizerFactory, StepOutcome, Strategy
 
 OWNED = "set it in dtrain's config instead (one source of truth)"
 
@@ -188,13 +188,18 @@ class DeepSpeedStrategy(Strategy):
         # dtrain already weights each micro-batch by its share of the window; no 1/accum on top.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self, guard_enabled: bool) -> tuple[bool, torch.Tensor]:
+    def step(self, guard_enabled: bool) -> StepOutcome:
         self.engine.step()  # clips, steps and zeroes the gradients at the window's boundary
-        norm = self.engine.get_global_grad_norm()
-        norm = torch.as_tensor(float("nan") if norm is None else float(norm), dtype=torch.float64)
+        norm = self.engine.get_global_grad_norm()  # a number or a tensor, as DeepSpeed's version has it
+        norm = torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float64)
         # DeepSpeed applies a fp32/bf16 update whatever the norm; the guard can count it, not veto it.
-        applied = self.engine.was_step_applied() and (not guard_enabled or bool(torch.isfinite(norm)))
-        return applied, norm
+        # An fp16 overflow DeepSpeed skips itself (was_step_applied is its host-side flag: no sync here).
+        bad = None
+        if not self.engine.was_step_applied():
+            bad = torch.ones((), device=norm.device)
+        elif guard_enabled:
+            bad = (~torch.isfinite(norm)).float()
+        return StepOutcome(norm, bad)
 
     def zero_grad(self) -> None:
         pass  # engine.step() did it

@@ -92,20 +92,8 @@ class FSDPStrategy(Strategy):
         self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
-    def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
-        # Each rank's norm covers its shard; the DTensor reduction makes it the global norm.
-        norm = super().grad_norm(params)
+    def global_norm(self, local_norms: torch.Tensor) -> torch.Tensor:
+        # The per-parameter norms are DTensors over each rank's shards: full_tensor() is the norm's one
+        # all-reduce, after which every rank holds the same global norm.
+        norm = super().global_norm(local_norms)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-    def step(self, guard_enabled: bool) -> tuple[bool, torch.Tensor]:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = self.grad_norm(params)
-        clip = self.cfg.train.grad_clip
-        if clip:
-            coef = min(clip / (norm.item() + 1e-6), 1.0)  # as clip_grads_with_norm_ does
-            for p in params:
-                p.grad.mul_(coef)
-        finite = not guard_enabled or bool(torch.isfinite(norm))
-        if finite:
-            self.optimizer.step()
-        return finite, norm

@@ -29,11 +29,12 @@ def test_fp16_scaler_skips_a_non_finite_step_and_unscales_before_clipping():
     p.backward((w * torch.tensor([1.0, 2.0, 3.0])).sum())
     p.unscale_(opt)
     assert torch.equal(w.grad, torch.tensor([1.0, 2.0, 3.0]))  # true magnitudes before clipping
-    assert p.step(opt) is True and torch.equal(w.detach(), torch.tensor([0.0, -1.0, -2.0]))
+    p.step(opt)
+    assert torch.equal(w.detach(), torch.tensor([0.0, -1.0, -2.0]))
     opt.zero_grad()
     p.backward((w * float("inf")).sum())
     before = w.detach().clone()
-    assert p.step(opt) is False  # skipped, scale backed off
+    p.step(opt)  # skipped, scale backed off
     assert torch.equal(w.detach(), before) and p.scaler.get_scale() < scale
 
 
@@ -49,3 +50,20 @@ def test_auto_takes_bf16_only_where_the_gpu_has_it(monkeypatch, capability, mode
 
 def test_auto_is_fp32_on_the_cpu():
     assert Precision("auto", torch.device("cpu")).mode == "fp32"
+
+
+def test_a_skip_flag_skips_a_fused_step_on_the_device_without_a_host_sync():
+    """The non-finite guard's decision stays a tensor: the fused optimizer reads it, nobody calls .item()."""
+    from dtrain.synccount import SyncCounter
+
+    p = Precision("fp32", torch.device("cpu"))
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1, fused=True)
+    w.grad = torch.ones(3)
+    with SyncCounter() as counter:
+        p.step(opt, skip=torch.ones(()))
+        assert torch.equal(w.detach(), torch.ones(3)) and not hasattr(opt, "found_inf")
+        p.step(opt, skip=torch.zeros(()))
+    assert not torch.equal(w.detach(), torch.ones(3))
+    assert opt.state[w]["step"].item() == 1  # the skipped step did not count
+    assert not [e for e in counter.events if e.kind == "sync"], counter.events
