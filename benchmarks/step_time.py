@@ -288,6 +288,19 @@ def worker(args) -> None:
 
     # Counting runs apart from timed ones: the dispatch mode sees every op, and would slow them.
     counter = SyncCounter() if args.count else None
+    if counter is not None:
+        import torch.distributed as dist
+
+        destroy = dist.destroy_process_group
+
+        def destroy_after_gloo_settles(*a, **k):
+            # Tensors that passed through the dispatch mode have Python objects; gloo's worker thread needs
+            # the GIL to free its last work item, and tearing the group down holds the GIL while joining that
+            # thread: a deadlock. A moment without the GIL first lets the thread finish.
+            time.sleep(0.2)
+            return destroy(*a, **k)
+
+        dist.destroy_process_group = destroy_after_gloo_settles
     clock = Clock(counter)
     run = {"raw": run_raw, "dtrain": run_dtrain, "accelerate": run_accelerate, "lightning": run_lightning}
     extra = (args.run_dir,) if args.worker == "dtrain" else ()
