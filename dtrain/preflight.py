@@ -72,6 +72,9 @@ def check_rendezvous_port(endpoint: str | None, node_rank: int) -> None:
     if not host or not _is_local(host):
         return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As torchrun's store binds: a port whose only sockets are a dead job's connections in TIME_WAIT
+        # is free for it (a rerun right after a crash); one that something listens on is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("", port))
         except OSError as exc:
