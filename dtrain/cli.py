@@ -22,8 +22,9 @@ def _load(config: str, overrides: list[str]):
 
 
 def _preflight(cfg) -> None:
-    from dtrain.preflight import check_output_dir, check_recipe_data
+    from dtrain.preflight import check_device_support, check_output_dir, check_recipe_data
 
+    check_device_support(cfg)
     check_recipe_data(cfg)
     check_output_dir(cfg.output_dir)
 

@@ -22,12 +22,14 @@ class LaunchSpec:
 def resolve_nproc(value: str) -> int:
     """'auto' -> every local GPU, or 2 CPU processes over gloo on a machine without one."""
     if value != "auto":
+        from dtrain.preflight import PreflightError  # bad input before start: one line, exit 2
+
         try:
             n = int(value)
         except ValueError:
-            raise ValueError(f"--nproc-per-node must be a positive integer or 'auto', got {value!r}") from None
+            raise PreflightError(f"--nproc-per-node must be a positive integer or 'auto', got {value!r}") from None
         if n < 1:
-            raise ValueError(f"--nproc-per-node must be >= 1, got {n}")
+            raise PreflightError(f"--nproc-per-node must be >= 1, got {n}")
         return n
     import torch
 

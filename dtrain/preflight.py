@@ -60,6 +60,16 @@ def check_nproc(nproc: int, gpus: int) -> None:
         )
 
 
+def check_device_support(cfg) -> None:
+    """What the device cannot run, found before any process starts."""
+    import torch
+
+    on_cpu = cfg.dist.device == "cpu" or not torch.cuda.is_available()
+    if cfg.strategy == "deepspeed" and cfg.train.precision == "fp16" and on_cpu:
+        raise PreflightError("train.precision: fp16 with strategy deepspeed needs a GPU (DeepSpeed has no fp16 on "
+                             "the CPU); use bf16 or fp32 here")
+
+
 def check_rendezvous_port(endpoint: str | None, node_rank: int) -> None:
     """The rendezvous port is free where this node must host it (node rank 0, on this machine)."""
     if endpoint is None or node_rank != 0:

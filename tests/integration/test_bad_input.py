@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from dtrain.preflight import PreflightError, check_nproc
 from tests.conftest import dtrain, run
@@ -161,3 +162,18 @@ def test_resume_from_a_checkpoint_of_another_model(tmp_path):
     proc = run(MLP, f"output_dir={out}", "task.hidden=32", check=False)
     one_line(proc, 1, "model.pt does not fit this model", "size mismatch", "start a new output_dir")
     assert snapshot(out / "checkpoints") == before
+
+
+@pytest.mark.parametrize("value, message", [("0", "--nproc-per-node must be >= 1, got 0"),
+                                            ("two", "--nproc-per-node must be a positive integer or 'auto'")])
+def test_bad_nproc_is_one_plain_line(value, message):
+    line = one_line(dtrain("launch", f"--nproc-per-node={value}", MLP, check=False), 2, message)
+    assert "Error" not in line  # no Python exception class names
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_deepspeed_fp16_on_the_cpu_is_refused_before_start(tmp_path):
+    out = tmp_path / "never"
+    line = one_line(dtrain("run", MLP, "strategy=deepspeed", "train.precision=fp16", f"output_dir={out}",
+                           check=False), 2, "train.precision: fp16 with strategy deepspeed needs a GPU")
+    assert "Error" not in line and not out.exists()
