@@ -23,8 +23,10 @@ def _load(config: str, overrides: list[str]):
 
 def _preflight(cfg) -> None:
     from dtrain.preflight import check_device_support, check_output_dir, check_recipe_data
+    from dtrain.runlock import check_free
 
     check_device_support(cfg)
+    check_free(cfg.output_dir)
     check_recipe_data(cfg)
     check_output_dir(cfg.output_dir)
 
@@ -270,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dtrain.config import ConfigError
     from dtrain.preflight import PreflightError, safe_umask
+    from dtrain.runlock import RunLocked
 
     safe_umask()
 
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"dtrain: config error{where}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    except PreflightError as exc:  # bad input found before anything started: like a config error
+    except (PreflightError, RunLocked) as exc:  # bad input found before anything started: like a config error
         if args.debug:
             raise
         return _fail(str(exc), EXIT_CONFIG)

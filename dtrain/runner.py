@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from dtrain.checkpoint import seed_everything
@@ -9,6 +10,7 @@ from dtrain.config import RunConfig
 from dtrain.determinism import configure_kernels
 from dtrain.dist import DistState, distributed
 from dtrain.recipe import BuildContext, resolve_recipe
+from dtrain.runlock import hold
 from dtrain.trainer import Trainer
 
 
@@ -17,7 +19,10 @@ def train(cfg: RunConfig) -> dict[str, float]:
     # First: joining the group may already touch the GPU, and cuBLAS reads its setting only once.
     configure_kernels(cfg.train.deterministic, cfg.train.tf32, cfg.train.cudnn_benchmark)
     with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
-        return build_trainer(cfg, ds).fit()
+        # Rank 0 holds the run directory before anything is written into it (the recipe's build may
+        # write already): a second job on the same output_dir stops here, the first one untouched.
+        with hold(cfg.output_dir) if ds.is_main else contextlib.nullcontext():
+            return build_trainer(cfg, ds).fit()
 
 
 def build_trainer(cfg: RunConfig, ds: DistState) -> Trainer:
