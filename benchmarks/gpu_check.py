@@ -114,10 +114,6 @@ def resume_check(strategy: str, base: list[str], tmp: Path, ds) -> dict:
     """Unbroken vs stopped at step 3 and resumed: the final weights must be equal bit for bit."""
     args = [*base, *STRATEGIES[strategy], "train.precision=bf16", "train.deterministic=true"]
     name = f"resume/{strategy}"
-    return _resume_check(name, args, tmp, ds)
-
-
-def _resume_check(name: str, args: list[str], tmp: Path, ds) -> dict:
     whole = one_run(f"{name}/unbroken", RECIPES["mlp"], [*args, f"output_dir={tmp / name / 'a'}"], ds)
     one_run(f"{name}/first", RECIPES["mlp"], [*args, f"output_dir={tmp / name / 'b'}",
                                               "fault_injection.crash_after_step=3"], ds)
