@@ -69,7 +69,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     print("[dtrain] " + " ".join(shown[1:]), flush=True)
     if args.dry_run:
         return 0
-    return run_torchrun(argv[3:])
+    return run_torchrun(argv[3:], cfg.output_dir)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -292,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # one clear line; --debug shows the traceback
-        from dtrain.preemption import EXIT_PREEMPTED, Preempted
+        from dtrain.preemption import Preempted, exit_code_of_stop
 
         if isinstance(exc, Preempted):  # checkpointed on request: the batch script requeues on this code
-            print(f"dtrain: {exc}", file=sys.stderr, flush=True)
-            return EXIT_PREEMPTED
+            code = exit_code_of_stop()
+            if code or os.environ.get("RANK", "0") == "0":  # under `dtrain launch`, which reports it too: once
+                print(f"dtrain: {exc}", file=sys.stderr, flush=True)
+            return code
         if args.debug:
             raise
         # dtrain's own errors already say what is wrong and what to do; others keep their type name.

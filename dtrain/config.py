@@ -291,6 +291,12 @@ class FaultInjectionConfig:
     nan_rank: int = 0
     disk_full_at_step: int | None = None
     """The checkpoint of this step fails part-way with ENOSPC, as on a full disk."""
+    hold_at: str | None = None
+    """'STEP:PHASE' (phase: data, forward, backward, optimizer, eval, checkpoint): when rank `hold_rank`
+    reaches it (first micro-batch), it writes its pid to <output_dir>/.hold and pauses `hold_s` seconds,
+    once per process, so that benchmarks/chaos.py can strike at that instant."""
+    hold_rank: int = 0
+    hold_s: float = 3.0
 
 
 @dataclass(kw_only=True)

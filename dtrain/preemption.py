@@ -12,6 +12,7 @@ save costs no collective of its own.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -28,6 +29,15 @@ CHECK_EVERY_S = 1.0
 """About how often (seconds) the ranks agree on a stop request; a requested stop waits at most this long."""
 DONE_FILE = "PREEMPTED"
 """Written by rank 0 after the checkpoint of a requested stop: the batch script requeues on it."""
+LAUNCH_ENV = "DTRAIN_LAUNCH_STARTED"
+"""Set by `dtrain launch` for its ranks: the time it started. A marker written after it is that
+launch's own stop request (Ctrl-C, SIGTERM), not a stale one; and a stop on request exits 0 so that
+torchrun does not restart the group (`dtrain launch` reports the stop with its own exit code)."""
+
+
+def exit_code_of_stop() -> int:
+    """What a rank returns after a checkpointed stop on request."""
+    return 0 if os.environ.get(LAUNCH_ENV) else EXIT_PREEMPTED
 
 
 class Preempted(RuntimeError):
@@ -60,9 +70,15 @@ class StopRequest:
         self.received = signal.Signals(signum).name
 
     def clear_stale_marker(self) -> None:
-        """Markers left by an earlier attempt are not a request for (or a stop of) this one."""
+        """Markers left by an earlier attempt are not a request for (or a stop of) this one; a marker
+        that `dtrain launch` wrote while the ranks started up is (a Ctrl-C during set-up)."""
         if self.dist.is_main:
-            self.marker.unlink(missing_ok=True)
+            launched = float(os.environ.get(LAUNCH_ENV, "inf"))
+            try:
+                if self.marker.stat().st_mtime < launched:
+                    self.marker.unlink(missing_ok=True)
+            except OSError:
+                pass
             (self.marker.parent / DONE_FILE).unlink(missing_ok=True)
 
     def agreed(self, device: torch.device, step: int, steps_to_log: int | None = None,
@@ -75,7 +91,7 @@ class StopRequest:
         line's all-reduce (`vote`/`settle`), so it costs no collective of its own."""
         if not has_group():
             self.all_written = checkpoint_written  # alone, this rank's answer is everyone's
-            return self.received or ("marker" if self.marker.exists() else None)
+            return self.received or self._marker_reason()
         if self._settled is not None and self._settled[0] == step:
             self.all_written = self._settled[2]
             return self._settled[1]
@@ -84,6 +100,12 @@ class StopRequest:
             return None
         return self.settle(step, all_reduce_sum(self.vote(step, checkpoint_written), self.dist).tolist())
 
+    def _marker_reason(self) -> str | None:
+        try:
+            return self.marker.read_text(encoding="utf-8").strip() or "marker"
+        except (OSError, ValueError):
+            return None
+
     def due(self, step: int) -> bool:
         """A meeting is due at `step` (host-side only: every rank gives the same answer)."""
         return has_group() and step >= self._next_check
@@ -91,7 +113,7 @@ class StopRequest:
     def vote(self, step: int, checkpoint_written: bool = True) -> list[float]:
         """This rank's part of a meeting at `step`, to be summed over the ranks:
         [asked to stop, interval, its async checkpoint write still running]."""
-        self._local = self.received or ("marker" if self.marker.exists() else None)
+        self._local = self.received or self._marker_reason()
         interval = 0.0
         if self.dist.is_main:
             now = time.monotonic()

@@ -8,7 +8,8 @@ from pathlib import Path
 from dtrain.checkpoint import seed_everything
 from dtrain.config import RunConfig
 from dtrain.determinism import configure_kernels
-from dtrain.dist import DistState, distributed
+from dtrain.dist import DistState, distributed, read_env
+from dtrain.lifeline import stop_with_launcher
 from dtrain.recipe import BuildContext, resolve_recipe
 from dtrain.runlock import hold
 from dtrain.trainer import Trainer
@@ -18,6 +19,9 @@ def train(cfg: RunConfig) -> dict[str, float]:
     """Train `cfg` in this process (as the only rank, or as one rank of torchrun / srun)."""
     # First: joining the group may already touch the GPU, and cuBLAS reads its setting only once.
     configure_kernels(cfg.train.deterministic, cfg.train.tf32, cfg.train.cudnn_benchmark)
+    env = read_env()
+    if env.launcher == "torchrun":  # from the start: joining the group waits for peers a dead launcher never starts
+        stop_with_launcher(env.rank)
     with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
         # Rank 0 holds the run directory before anything is written into it (the recipe's build may
         # write already): a second job on the same output_dir stops here, the first one untouched.

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -111,6 +111,9 @@ class Trainer:
                                     window=tc.log_every, scaler=self.precision.scaler is not None)
         self.watchdog = Watchdog(self.run_dir, dist, cfg.dist.watchdog_timeout_s, slow_limit_s=cfg.dist.timeout_s,
                                  watch_compiles=bool(tc.compile))
+        fi = cfg.fault_injection
+        self.beat = self.watchdog.beat if not fi.hold_at or fi.hold_rank != dist.rank else \
+            _holding(self.watchdog.beat, fi.hold_at, fi.hold_s, self.run_dir)
         # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._window_n = 0
@@ -153,7 +156,7 @@ class Trainer:
         """One optimizer step over a window of micro-batches (gradient accumulation)."""
         if not self.model.training:  # after an evaluation; train() walks every module, so not every step
             self.train_model.train()
-        step, fi, beat = self.step + 1, self.cfg.fault_injection, self.watchdog.beat
+        step, fi, beat = self.step + 1, self.cfg.fault_injection, self.beat
         window_samples = sum(window)
         parts = []  # loss * n per micro-batch: few small tensor ops per step, as an overhead-bound loop needs
         tokens = 0
@@ -217,7 +220,7 @@ class Trainer:
         if due_log or due_eval or due_save or self.guard.due(self.step):
             self.guard.check(self.step, self.model, self.logger.info)
         if due_log:
-            self.watchdog.beat(self.step, 0, "log")
+            self.beat(self.step, 0, "log")
             self._log_train()
 
         improved = False
@@ -280,7 +283,7 @@ class Trainer:
         extra = self.strategy.extra_eval_passes(len(loader))
         batch = None
         for i, batch in enumerate(loader):
-            self.watchdog.beat(self.step, i, "eval")
+            self.beat(self.step, i, "eval")
             batch = move_to(batch, self.device)
             with self.precision.autocast():
                 outputs = self.task.forward(self.model, batch)
@@ -409,7 +412,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         fi = self.cfg.fault_injection
         kill = fi.kill_during_save_at_step == self.step and _first_attempt()
-        self.watchdog.beat(self.step, 0, "checkpoint")
+        self.beat(self.step, 0, "checkpoint")
         if self.ckpt_format == "torch":
             path = self.ckpt.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(),
                                   kill_midway=kill, disk_full=fi.disk_full_at_step == self.step)
@@ -498,3 +501,18 @@ class Trainer:
 def _first_attempt() -> bool:
     """False in a group torchrun restarted (fault injection fires once, so the restart can finish)."""
     return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+
+
+def _holding(beat: Callable[[int, int, str], None], spec: str, seconds: float, run_dir: Path):
+    """`beat`, and a pause at `spec` ('STEP:PHASE'): fault injection's `hold_at`."""
+    step_text, _, phase = spec.partition(":")
+    at, held = (int(step_text), phase), []
+
+    def hold(step: int, micro: int, phase: str) -> None:
+        beat(step, micro, phase)
+        if (step, phase) == at and not held:
+            held.append(True)
+            (run_dir / ".hold").write_text(f"{os.getpid()}\n")
+            time.sleep(seconds)
+
+    return hold

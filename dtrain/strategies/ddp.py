@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import ContextManager
 
 from torch import nn
@@ -26,8 +27,11 @@ class DDPStrategy(Strategy):
         self.ddp = None
         if has_group():  # also at world size 1 under a launcher: the same collectives as at 8 ranks
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.ddp = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True,
-                           broadcast_buffers=broadcast_buffers(model, self.cfg.ddp.broadcast_buffers))
+            sync = broadcast_buffers(model, self.cfg.ddp.broadcast_buffers)
+            # torch >= 2.13 renamed the switch and warns on every rank at the old name. The new one also
+            # sends the buffers once at construction: harmless, every rank built the same ones.
+            key = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
+            self.ddp = DDP(model, device_ids=device_ids, gradient_as_bucket_view=True, **{key: sync})
         self.train_model = self.ddp or model
         self.optimizer = make_optimizer(model)
 
