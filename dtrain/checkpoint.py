@@ -227,13 +227,7 @@ class CheckpointManager:
         failed = all_reduce_sum(0.0 if error is None else 1.0, self.dist)
         if failed.item():
             previous = self.newest_complete()
-            cause = (f"{error.strerror or error} ({error.filename})" if error is not None and error.filename
-                     else str(error) if error is not None else "another rank could not write its part")
-            raise CheckpointError(
-                f"writing checkpoint {final} failed: {cause}; nothing was marked complete and "
-                f"{previous or 'no earlier checkpoint'} is intact. Free space or fix the directory, "
-                "then rerun with checkpoint.resume=auto"
-            )
+            raise _write_failed(final, error, previous)
         return final
 
     def _write_main(self, step, tmp, final, model, optim, train_state, rank_hashes, kill_midway, disk_full) -> None:
@@ -370,15 +364,7 @@ class CheckpointManager:
         if tmp is not None and self.dist.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = self.newest_complete()
-        if isinstance(error, OSError):
-            cause = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
-        else:
-            cause = str(error) if error is not None else "another rank could not write its part"
-        raise CheckpointError(
-            f"writing checkpoint {final} failed: {cause}; nothing was marked complete and "
-            f"{previous or 'no earlier checkpoint'} is intact. Free space or fix the directory, "
-            "then rerun with checkpoint.resume=auto"
-        )
+        raise _write_failed(final, error, previous)
 
     def mark_best(self, path: Path, metric: str, value: float, step: int) -> None:
         record = {"checkpoint": path.name, "metric": metric, "value": value, "step": step}
@@ -480,6 +466,20 @@ class CheckpointManager:
             world_size=world,
             kind=kind,
         )
+
+
+def _write_failed(final: Path, error: BaseException | None, previous: Path | None) -> CheckpointError:
+    """The error every rank raises once they agree a write failed; a rank that only learned it from the
+    others is marked `echo`, and `dtrain` leaves the saying to the rank(s) that hit it."""
+    if isinstance(error, OSError):
+        cause = f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+    else:
+        cause = str(error) if error is not None else "another rank could not write its part"
+    exc = CheckpointError(f"writing checkpoint {final} failed: {cause}; nothing was marked complete and "
+                          f"{previous or 'no earlier checkpoint'} is intact. Free space or fix the directory, "
+                          "then rerun with checkpoint.resume=auto")
+    exc.echo = error is None
+    return exc
 
 
 def _sha256(path: Path) -> str:

@@ -10,6 +10,10 @@ EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
+class UsageError(RuntimeError):
+    """A command given something it cannot use; the message says what to give instead (exit 2)."""
+
+
 def _fail(message: str, code: int = EXIT_FAILED) -> int:
     print(f"dtrain: error: {message}", file=sys.stderr, flush=True)
     return code
@@ -94,10 +98,11 @@ def _recipe_of(path: str, attr: str):
     elif (p / "config.yaml").is_file():
         name = read_yaml(p / "config.yaml").get("recipe", "")
     else:
-        raise FileNotFoundError(f"{p} is neither a run directory (config.yaml) nor an export (dtrain_export.json)")
+        what = "does not exist" if not p.exists() else "is neither a run directory (config.yaml) nor an export (dtrain_export.json)"
+        raise UsageError(f"{p} {what}; give the output_dir of a run or a directory `dtrain export` wrote")
     module = resolve_recipe(name)
     if not hasattr(module, attr):
-        raise ValueError(f"recipe {name!r} has no `{attr}`; use `dtrain checkpoint export` for plain weights")
+        raise UsageError(f"recipe {name!r} has no `{attr}`; use `dtrain checkpoint export` for plain weights")
     return getattr(module, attr)
 
 
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"dtrain: config error{where}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    except (PreflightError, RunLocked) as exc:  # bad input found before anything started: like a config error
+    except (PreflightError, RunLocked, UsageError) as exc:  # bad input found before anything started: like a config error
         if args.debug:
             raise
         return _fail(str(exc), EXIT_CONFIG)
@@ -301,9 +306,21 @@ def main(argv: list[str] | None = None) -> int:
             return code
         if args.debug:
             raise
-        # dtrain's own errors already say what is wrong and what to do; others keep their type name.
-        own = type(exc).__module__.startswith(("dtrain.", "recipes."))
-        return _fail(str(exc) if own else f"{type(exc).__name__}: {exc}")
+        if getattr(exc, "echo", False):  # another rank's failure, which that rank reports
+            return EXIT_FAILED
+        return _fail(plain(exc))
+
+
+def plain(exc: BaseException) -> str:
+    """One line for the user. dtrain's own errors already say what is wrong and what to do; a system
+    error is said in words, with the file; anything else is unexpected, and --debug shows where."""
+    if type(exc).__module__.startswith(("dtrain.", "recipes.")):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"
+    text = str(exc).strip() or "no message"
+    return f"{text} (unexpected; rerun with `dtrain --debug ...` for where it happened, and report it)"
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def read_metadata_safely(path: Path) -> Metadata:
         except UnsafeCheckpointError:
             raise
         except Exception as exc:  # truncated or foreign file
-            raise UnsafeCheckpointError(f"{path} is not a readable DCP index ({type(exc).__name__}: {exc})") from None
+            raise UnsafeCheckpointError(f"{path} is not a readable DCP index ({exc})") from None
     if not isinstance(meta, Metadata):
         raise UnsafeCheckpointError(f"{path} holds a {type(meta).__name__}, not a DCP Metadata")
     return meta

@@ -42,6 +42,8 @@ def decode_utf8(raw: bytes, path: Path) -> str:
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, row) pairs from a CSV (header row) or a JSONL file."""
+    if path.is_dir():
+        raise TicketDataError(f"data file {path} is a directory; set task.data_path to a CSV or JSONL file in it")
     if not path.is_file():
         raise TicketDataError(f"data file {path} does not exist; set task.data_path to a CSV or JSONL file")
     text = decode_utf8(path.read_bytes(), path)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dtrain.checkpoint import CheckpointError, CheckpointManager, load_file
+from recipes.ticket_router.data import TicketDataError
 from dtrain.config import load_config
 from recipes.ticket_router import load_model, load_tokenizer, resolve_model_path
 from recipes.ticket_router.data import SHIPPED, decode_utf8, load_tickets, read_rows, split
@@ -132,7 +133,8 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
 def read_ticket_file(path: Path) -> list[str]:
     """Tickets from a .txt (one per line), .csv (a 'text' column) or .jsonl file."""
     if not path.is_file():
-        raise FileNotFoundError(f"ticket file {path} does not exist")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise TicketDataError(f"ticket file {path} {what}; give --file a .txt, .csv or .jsonl file")
     if path.suffix.lower() in (".csv", ".jsonl", ".json"):
         rows = read_rows(path)
         return [str(row.get("text") or "") for _, row in rows]

@@ -1,0 +1,81 @@
+"""The short chaos run: faults a real job meets, each struck at a fixed instant of a real 2-rank
+`dtrain launch`, recovered as a user would, and compared bit for bit with an unbroken run
+(benchmarks/chaos.py does the work; its 50-trial table is in benchmarks/results/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+from benchmarks import chaos  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("chaos")  # the unbroken reference runs are shared by the trials
+
+
+def strike(work, n: int, kind: str, step: int, phase: str, *, rank: int = 0, async_save: bool = False,
+           wandb: bool = False) -> dict:
+    plan = {"kind": kind, "phase": phase, "step": step, "at": f"{step}:{phase}", "rank": rank,
+            "async": async_save, "wandb": wandb, "damage": "truncate"}
+    result = chaos.run_trial(work, n, plan)
+    assert result["ran"], result
+    return result
+
+
+def test_ctrl_c_checkpoints_at_the_step_boundary_and_exits_130(work):
+    r = strike(work, 0, "ctrl_c", 5, "backward", wandb=True)  # wandb: the rerun keeps its run id
+    assert r["rc"] == 130 and r["recovered"], r
+    assert "run the same command to continue" in (work / "trial_000" / "log.txt").read_text()
+
+
+def test_second_ctrl_c_stops_at_once(work):
+    r = strike(work, 1, "ctrl_c_twice", 6, "forward", rank=1)
+    assert r["rc"] == 130 and r["recovered"], r
+    assert "stopped at once on SIGINT" in (work / "trial_001" / "log.txt").read_text()
+
+
+def test_sigterm_to_the_launcher_checkpoints_and_exits_75(work):
+    r = strike(work, 2, "sigterm_launch", 9, "data", async_save=True)  # an epoch boundary, async saves
+    assert r["rc"] == 75 and r["recovered"], r
+
+
+def test_ranks_stop_when_their_launcher_is_killed(work):
+    # kill -9 of the launcher's process group: the ranks (own sessions) must notice within seconds;
+    # the harness counts a rank alive 5 s later as lost.
+    r = strike(work, 3, "kill9_job", 6, "checkpoint")
+    assert r["rc"] == -9 and r["recovered"], r
+    assert "its launcher (torchrun" in (work / "trial_003" / "log.txt").read_text()
+
+
+def test_a_second_job_on_the_run_directory_is_refused_and_harms_nothing(work):
+    r = strike(work, 4, "second_command", 4, "eval")
+    assert r["rc"] == 0 and r["recovered"], r
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting the small tmpfs needs root (CI runs as root)")
+def test_disk_filling_up_mid_run_loses_nothing(work):
+    r = strike(work, 5, "disk_full", 11, "backward")
+    assert r["rc"] == 1 and r["recovery_rc"] == 0 and r["recovered"], r
+
+
+def test_seeded_trials_from_the_command_line(work, tmp_path):
+    out = tmp_path / "chaos.md"
+    proc = subprocess.run([sys.executable, "benchmarks/chaos.py", "--trials", "2", "--seed", "3", "--kinds",
+                           "kill9_rank_restart,sigusr1_rank", "--work", str(work), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = [json.loads(line) for line in (work / "trials.jsonl").read_text().splitlines()]
+    assert [t["kind"] for t in trials] == ["kill9_rank_restart", "sigusr1_rank"]
+    assert all(t["recovered"] and not t["lost"] for t in trials), trials
+    assert "| **all** | 2 | 2 | 0 | 0 |" in out.read_text()
