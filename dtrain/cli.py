@@ -295,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _fail(str(exc), EXIT_CONFIG)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted; a rerun of the same command continues from the newest complete checkpoint", 130)
     except Exception as exc:  # one clear line; --debug shows the traceback
         from dtrain.preemption import Preempted, exit_code_of_stop
 
         if isinstance(exc, Preempted):  # checkpointed on request: the batch script requeues on this code
-            code = exit_code_of_stop()
+            code = exit_code_of_stop(exc)
             if code or os.environ.get("RANK", "0") == "0":  # under `dtrain launch`, which reports it too: once
                 print(f"dtrain: {exc}", file=sys.stderr, flush=True)
             return code

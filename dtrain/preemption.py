@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -35,13 +36,18 @@ launch's own stop request (Ctrl-C, SIGTERM), not a stale one; and a stop on requ
 torchrun does not restart the group (`dtrain launch` reports the stop with its own exit code)."""
 
 
-def exit_code_of_stop() -> int:
+def exit_code_of_stop(stop: "Preempted") -> int:
     """What a rank returns after a checkpointed stop on request."""
-    return 0 if os.environ.get(LAUNCH_ENV) else EXIT_PREEMPTED
+    if os.environ.get(LAUNCH_ENV):
+        return 0
+    return 130 if stop.interrupted else EXIT_PREEMPTED
 
 
 class Preempted(RuntimeError):
-    pass
+    def __init__(self, message: str, interrupted: bool = False):
+        super().__init__(message)
+        self.interrupted = interrupted
+        """Stopped by Ctrl-C (exit 130) rather than another request (75)."""
 
 
 class StopRequest:
@@ -62,12 +68,18 @@ class StopRequest:
         # Under torchrun, SIGTERM is the agent stopping its workers (a peer died, a restart is due):
         # that must end the process, not wait for a step boundary that will never come.
         signals = (signal.SIGUSR1,) if state.launcher == "torchrun" else (signal.SIGUSR1, signal.SIGTERM)
+        if state.launcher == "single":  # Ctrl-C on `dtrain run`: as on `dtrain launch`, a checkpoint first
+            signals += (signal.SIGINT,)
         if threading.current_thread() is threading.main_thread():
             for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # the second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            print(f"\n[dtrain] SIGINT: stopping at the next step boundary with a checkpoint; Ctrl-C again to "
+                  "stop at once", file=sys.stderr, flush=True)
 
     def clear_stale_marker(self) -> None:
         """Markers left by an earlier attempt are not a request for (or a stop of) this one; a marker

@@ -257,7 +257,8 @@ class Trainer:
                 self.save_checkpoint()
             self.ckpt.finish()
             self.stop_request.record_stop(self.step)
-            raise Preempted(f"stopped at step {self.step} on request ({reason}); checkpoint saved, resume continues")
+            raise Preempted(f"stopped at step {self.step} on request ({reason}); checkpoint saved, run the same "
+                            "command to continue", interrupted=reason == "SIGINT")
 
         fi = self.cfg.fault_injection
         if fi.kill_at_step == self.step and fi.kill_rank == self.dist.rank and _first_attempt():

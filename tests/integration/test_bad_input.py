@@ -69,6 +69,19 @@ def test_missing_data_file(tmp_path):
     assert not out.exists()
 
 
+def test_data_path_that_is_a_directory(tmp_path):
+    proc, out = _router(tmp_path, f"task.data_path={tmp_path}")
+    line = one_line(proc, 2, f"{tmp_path} is a directory", "task.data_path")
+    assert "does not exist" not in line and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["export", "{missing}", "{tmp}/out"], ["predict", "{missing}", "a ticket"]])
+def test_export_or_predict_from_a_directory_that_does_not_exist(tmp_path, command):
+    args = [a.format(missing=tmp_path / "nope", tmp=tmp_path) for a in command]
+    line = one_line(dtrain(*args, check=False), 2, f"{tmp_path / 'nope'} does not exist", "output_dir of a run")
+    assert "Error" not in line and not (tmp_path / "out").exists()
+
+
 def _csv(tmp_path, content: bytes, name="t.csv") -> Path:
     path = tmp_path / name
     path.write_bytes(content)

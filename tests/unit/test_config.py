@@ -92,3 +92,18 @@ def test_yaml_is_read_safely(tmp_path):
     evil.write_text("recipe: !!python/object/apply:os.system ['echo pwned']\n")
     [msg] = problems(evil)
     assert "malformed YAML" in msg
+
+
+def test_unexpected_errors_are_said_without_exception_class_names(tmp_path):
+    from dtrain.cli import plain
+
+    missing = tmp_path / "gone.csv"
+    try:
+        open(missing)
+    except OSError as exc:
+        assert plain(exc) == f"no such file or directory ({missing})"
+    line = plain(KeyError("x"))
+    assert "KeyError" not in line and "--debug" in line
+    from dtrain.checkpoint import CheckpointError
+
+    assert plain(CheckpointError("checkpoint x is corrupted")) == "checkpoint x is corrupted"  # dtrain's own: as is
