@@ -406,8 +406,13 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"config file {path} does not exist"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"config file {path} cannot be read: {exc}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path} is a directory; give the YAML file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"config file {path} cannot be read: {(exc.strerror or str(exc)).lower()}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                           f"{exc.start}); save it as UTF-8"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

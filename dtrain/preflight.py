@@ -48,7 +48,9 @@ def check_recipe_data(cfg: RunConfig) -> None:
         try:
             recipe.preflight(cfg.task)
         except (OSError, ValueError) as exc:
-            raise PreflightError(str(exc)) from None
+            from dtrain.cli import plain
+
+            raise PreflightError(plain(exc) if isinstance(exc, OSError) else str(exc)) from None
 
 
 def check_nproc(nproc: int, gpus: int) -> None:

@@ -107,3 +107,14 @@ def test_unexpected_errors_are_said_without_exception_class_names(tmp_path):
     from dtrain.checkpoint import CheckpointError
 
     assert plain(CheckpointError("checkpoint x is corrupted")) == "checkpoint x is corrupted"  # dtrain's own: as is
+
+
+def test_a_config_path_that_is_a_directory_or_not_utf8_is_one_plain_line(tmp_path):
+    from dtrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="is a directory; give the YAML file"):
+        load_config(str(tmp_path), [])
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"recipe: mlp\n\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 12\)"):
+        load_config(str(bad), [])
