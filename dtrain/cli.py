@@ -26,11 +26,13 @@ def _load(config: str, overrides: list[str]):
 
 
 def _preflight(cfg) -> None:
+    from dtrain.config_changes import check_before_start
     from dtrain.preflight import check_device_support, check_output_dir, check_recipe_data
     from dtrain.runlock import check_free
 
     check_device_support(cfg)
     check_free(cfg.output_dir)
+    check_before_start(cfg)
     check_recipe_data(cfg)
     check_output_dir(cfg.output_dir)
 
@@ -306,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             return code
         if args.debug:
             raise
+        code = EXIT_CONFIG if getattr(exc, "bad_input", False) else EXIT_FAILED  # e.g. a resume's changed settings
         if getattr(exc, "echo", False):  # another rank's failure, which that rank reports
-            return EXIT_FAILED
-        return _fail(plain(exc))
+            return code
+        return _fail(plain(exc), code)
 
 
 def plain(exc: BaseException) -> str:

@@ -143,6 +143,9 @@ class CheckpointConfig:
     best_mode: Literal["max", "min"] = "max"
     resume: str = "auto"
     """'auto' (newest complete checkpoint in output_dir, or start fresh), 'none', or a checkpoint path."""
+    allow_changes: bool = False
+    """Resume a checkpoint with settings that change results (learning rate, epochs, model, data...)
+    other than those it was written with. Without it such a resume is refused, naming the keys."""
     async_save: bool = False
     """YAML key `async` (`async_save` also accepted): write the checkpoint in the background while training
     goes on (torch.distributed.checkpoint); the next save waits for it. Not with strategy deepspeed."""

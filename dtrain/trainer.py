@@ -16,7 +16,8 @@ from typing import Callable, Iterator
 import torch
 
 from dtrain.checkpoint import CheckpointError, CheckpointManager, restore_rng
-from dtrain.config import RunConfig, dump_yaml, to_dict
+from dtrain.config import RunConfig, to_dict
+from dtrain.config_changes import check_resume, record_config, result_settings
 from dtrain.data import (
     EvalSampler,
     TrainSampler,
@@ -117,6 +118,7 @@ class Trainer:
         # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._window_n = 0
+        self.settings = result_settings(cfg)
         self.setup_memory = memory_peaks(self.device)  # model built, sharded and placed; optimizer made
 
     # ================================================================== the loop
@@ -396,6 +398,7 @@ class Trainer:
             "scaler": self.precision.state_dict(),
             "nonfinite": self.guard.state_dict(),
             "seed": self.cfg.seed,
+            "config": self.settings,  # what decides the numbers: a resume with others is refused
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -437,9 +440,7 @@ class Trainer:
         return None
 
     def _start(self) -> None:
-        """Write config.yaml, then resume from a checkpoint if the config says so."""
-        if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg), encoding="utf-8")
+        """Resume from a checkpoint if the config says so (and its settings agree), then record the config."""
         # A launcher that binds each rank to fewer CPUs than asked for slows data loading and the CPU
         # backends without any error: say how many each rank got.
         self.logger.info(describe_cpus(self.dist))
@@ -451,12 +452,18 @@ class Trainer:
             )
         loaded = self._load_auto() if mode == "auto" else (self.ckpt.load(Path(mode)) if mode != "none" else None)
         if loaded is None:
+            self._record_config()
             self.logger.info(
                 f"starting fresh: {self.dist.world_size} rank(s) on {self.device.type}, "
                 f"{self.total_steps} steps ({self.steps_per_epoch}/epoch)"
             )
             return
         path = loaded.path
+        changed = check_resume(path, loaded.train_state.get("config"), self.settings,
+                               self.cfg.checkpoint.allow_changes, self.dist.is_main)
+        if changed:
+            self.logger.info("resuming with changed settings (checkpoint.allow_changes): " + "; ".join(changed))
+        self._record_config()
         try:
             if loaded.model is not None:
                 self.model.load_state_dict(loaded.model)
@@ -479,6 +486,11 @@ class Trainer:
             restore_rng(loaded.rng)
         self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _record_config(self) -> None:
+        changed = record_config(self.run_dir, self.cfg) if self.dist.is_main else []
+        if changed:
+            self.logger.info("settings changed since the last start (results unaffected): " + "; ".join(changed))
 
     def _rescale_after_world_size_change(self, before: int) -> None:
         """Steps left are counted afresh: the epoch goes on from its global sample position, with this

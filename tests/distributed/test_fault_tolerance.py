@@ -33,7 +33,12 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     out = tmp_path / "run"
     run(CFG, *COMMON, f"output_dir={out}", "train.max_steps=3")
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # The settings the checkpoint recorded say it first, before any weight is read...
     proc = run(CFG, *COMMON, f"output_dir={out}", "task.hidden=32", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "was written with other settings: task.hidden 64 -> 32" in proc.stderr
+    # ...and a resume told to go on anyway finds that the weights do not fit.
+    proc = run(CFG, *COMMON, f"output_dir={out}", "task.hidden=32", "checkpoint.allow_changes=true", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "model.pt does not fit this model" in proc.stderr and "size mismatch" in proc.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing damaged

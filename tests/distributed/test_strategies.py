@@ -29,6 +29,9 @@ BASE = [
     "optim.weight_decay=0.1", "train.grad_clip=0.5", "checkpoint.every_steps=2", "checkpoint.resume=auto",
 ]
 ONE, TWO = ["train.grad_accum_steps=2"], ["train.grad_accum_steps=1"]  # same global batch
+# Resuming on another number of ranks with the accumulation changed to keep the global batch: a change
+# of settings the user states (a checkpoint refuses a resume with other settings otherwise).
+ALLOW = ["checkpoint.allow_changes=true"]
 ASYNC = ["checkpoint.async=true"]
 CRASH = ["fault_injection.crash_after_step=4"]  # right after the async save of step 4 started
 RTOL, ATOL = 1e-5, 1e-6
@@ -62,7 +65,7 @@ def runs(tmp_path_factory):
         {"name": "fsdp_resumed", "overrides": [*fsdp, *CRASH], "crash": True},
         {"copy": [str(tmp / "fsdp_resumed"), str(tmp / "fsdp_2to1")]},
         {"name": "fsdp_resumed", "overrides": fsdp},
-        {"name": "ddp_1to2", "overrides": ["strategy=ddp", *TWO, *ASYNC]},
+        {"name": "ddp_1to2", "overrides": ["strategy=ddp", *TWO, *ASYNC, *ALLOW]},
         {"name": "fsdp_bf16", "overrides": ["strategy=fsdp", *TWO, "train.precision=bf16",
                                             "fsdp.activation_checkpointing=true", "fsdp.reshard_after_forward=false"]},
         *({"name": f"ds{s}", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO]} for s in (1, 2, 3)),
@@ -77,7 +80,7 @@ def runs(tmp_path_factory):
         {"name": "ddp_dcp_resumed", "overrides": [*ddp_dcp, *CRASH], "crash": True},
         {"name": "ddp_dcp_resumed", "overrides": ddp_dcp},
     ])
-    out += _phase(tmp, 1, [{"name": "fsdp_2to1", "overrides": ["strategy=fsdp", *ONE, *ASYNC]}])
+    out += _phase(tmp, 1, [{"name": "fsdp_2to1", "overrides": ["strategy=fsdp", *ONE, *ASYNC, *ALLOW]}])
     return tmp, out
 
 

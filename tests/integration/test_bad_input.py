@@ -134,6 +134,7 @@ def test_full_disk_during_checkpoint_write(tmp_path):
     args = [MLP, f"output_dir={out}", "checkpoint.every_steps=4", "checkpoint.best_metric=null"]
     run(*args, "train.max_steps=4")
     before = snapshot(out / "checkpoints")
+    args.append("checkpoint.allow_changes=true")  # the run is extended: 4 steps, then 12
     proc = run(*args, "train.max_steps=12", "fault_injection.disk_full_at_step=8", check=False)
     one_line(proc, 1, "writing checkpoint", "step_00000008 failed: No space left on device",
              "step_00000004 is intact", "checkpoint.resume=auto")
@@ -173,6 +174,9 @@ def test_resume_from_a_checkpoint_of_another_model(tmp_path):
     run(MLP, f"output_dir={out}", "train.max_steps=3")
     before = snapshot(out / "checkpoints")
     proc = run(MLP, f"output_dir={out}", "task.hidden=32", check=False)
+    one_line(proc, 2, "step_00000003 was written with other settings: task.hidden 64 -> 32",
+             "checkpoint.allow_changes=true")
+    proc = run(MLP, f"output_dir={out}", "task.hidden=32", "checkpoint.allow_changes=true", check=False)
     one_line(proc, 1, "model.pt does not fit this model", "size mismatch", "start a new output_dir")
     assert snapshot(out / "checkpoints") == before
 
