@@ -120,6 +120,11 @@ class MetricsLogger:
         if self.enabled:
             self.console.print(f"[dtrain] {message}")
 
+    def start_fresh(self) -> None:
+        """A start with no checkpoint to resume: records of an earlier attempt that died before its
+        first checkpoint are all logged again, so drop them (metrics.jsonl never repeats a step)."""
+        self.resumed_at(-1)
+
     def resumed_at(self, step: int) -> None:
         """Records after the checkpoint's step will be logged again: drop them from every sink."""
         if self.enabled:

@@ -453,6 +453,7 @@ class Trainer:
         loaded = self._load_auto() if mode == "auto" else (self.ckpt.load(Path(mode)) if mode != "none" else None)
         if loaded is None:
             self._record_config()
+            self.logger.start_fresh()
             self.logger.info(
                 f"starting fresh: {self.dist.world_size} rank(s) on {self.device.type}, "
                 f"{self.total_steps} steps ({self.steps_per_epoch}/epoch)"

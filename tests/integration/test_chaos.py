@@ -52,8 +52,9 @@ def test_sigterm_to_the_launcher_checkpoints_and_exits_75(work):
 
 def test_ranks_stop_when_their_launcher_is_killed(work):
     # kill -9 of the launcher's process group: the ranks (own sessions) must notice within seconds;
-    # the harness counts a rank alive 5 s later as lost.
-    r = strike(work, 3, "kill9_job", 6, "checkpoint")
+    # the harness counts a rank alive 5 s later as lost. Mid-way through the first save: the rerun
+    # starts fresh, and metrics.jsonl must not repeat the steps the dead attempt logged.
+    r = strike(work, 3, "kill9_job", 3, "checkpoint", wandb=True)
     assert r["rc"] == -9 and r["recovered"], r
     assert "its launcher (torchrun" in (work / "trial_003" / "log.txt").read_text()
 
