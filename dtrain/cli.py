@@ -8,6 +8,7 @@ import sys
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+DEBUG_ENV = "DTRAIN_DEBUG"
 
 
 class UsageError(RuntimeError):
@@ -202,8 +203,13 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dtrain", description="Distributed training: one YAML, any launcher.")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks (also after the command: dtrain run --debug)")
     sub = p.add_subparsers(dest="command", required=True)
+    # --debug after the command works too; SUPPRESS keeps a subcommand's default from hiding the global flag.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[debug, *k.pop("parents", [])], **k)  # type: ignore[method-assign]
 
     run = sub.add_parser("run", help="train in this process (single process, or one rank under torchrun/srun)")
     run.add_argument("config", help="YAML config file")
@@ -277,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `dtrain launch --debug` reaches its ranks through the environment torchrun hands them.
+    args.debug = args.debug or os.environ.get(DEBUG_ENV) == "1"
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
     from dtrain.config import ConfigError
     from dtrain.preflight import PreflightError, safe_umask
     from dtrain.runlock import RunLocked
@@ -311,7 +321,32 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_CONFIG if getattr(exc, "bad_input", False) else EXIT_FAILED  # e.g. a resume's changed settings
         if getattr(exc, "echo", False):  # another rank's failure, which that rank reports
             return code
+        user = user_traceback(exc)
+        if user:  # a bug in the user's code: where it happened is the message
+            print(f"dtrain: error in your code (dtrain's and libraries' frames left out; --debug shows all):\n{user}",
+                  file=sys.stderr, end="", flush=True)
+            return code
         return _fail(plain(exc), code)
+
+
+def user_traceback(exc: BaseException) -> str | None:
+    """The traceback of `exc` cut to the frames of the user's own files (not dtrain's, not the standard
+    library's or an installed package's), with the exception's last line; None if it has no such frame
+    or is one of dtrain's or a recipe's own errors (those say what to do in one line)."""
+    import sysconfig
+    import traceback
+    from pathlib import Path
+
+    if type(exc).__module__.startswith(("dtrain.", "recipes.")):
+        return None
+    ours = str(Path(__file__).resolve().parent)
+    libraries = {str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not str(Path(f.filename).resolve()).startswith((ours, *libraries)) and not f.filename.startswith("<")]
+    if not frames:
+        return None
+    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
 
 
 def plain(exc: BaseException) -> str:

@@ -15,6 +15,8 @@ The Trainer owns the loop, devices, precision, distribution and checkpoints; a r
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -36,9 +38,18 @@ class BuildContext:
     output_dir: Path
 
 
+class RecipeError(RuntimeError):
+    """A recipe that breaks the contract above; the message says which part and how to fix it."""
+
+
 def _default_forward(model: nn.Module, batch: Any) -> Any:
-    inputs = batch[0] if isinstance(batch, (list, tuple)) else batch["input"]
-    return model(inputs)
+    if isinstance(batch, (list, tuple)):
+        return model(batch[0])
+    if isinstance(batch, dict) and "input" in batch:
+        return model(batch["input"])
+    what = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else f"a {type(batch).__name__}"
+    raise RecipeError(f"the default forward calls model(batch[0]) for tuples and model(batch['input']) for dicts, "
+                      f"but the batch is {what}; give Task(forward=lambda model, batch: ...)")
 
 
 @dataclass
@@ -91,10 +102,35 @@ RECIPE_PACKAGE = "recipes"
 
 
 def resolve_recipe(name: str) -> ModuleType:
-    """'vision' -> recipes.vision; 'pkg.mod' -> that module. The module must define Config and build."""
-    module_name = name if "." in name else f"{RECIPE_PACKAGE}.{name}"
-    module = importlib.import_module(module_name)
-    for attr in ("Config", "build"):
-        if not hasattr(module, attr):
-            raise AttributeError(f"recipe module {module_name} defines no `{attr}`")
-    return module
+    """'vision' -> recipes.vision; 'pkg.mod' -> that module; 'pkg.mod:make' -> that module with `make` as
+    its build function. The module must define build (or name it) and Config (a module without Config
+    takes no `task:` keys). Modules are found on PYTHONPATH and in the current directory."""
+    module_name, _, build_name = name.partition(":")
+    module_name = module_name if "." in module_name or build_name else f"{RECIPE_PACKAGE}.{module_name}"
+    # The `dtrain` console script puts its own directory on sys.path, not the working directory that
+    # `python -m` and a script would: a recipe next to the user's config would not be found.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # the recipe itself imports something missing: its own error says what
+        raise ImportError(f"no module named {exc.name!r} in the current directory ({os.getcwd()}) or on "
+                          "PYTHONPATH; run from the directory that holds it, or add that directory to "
+                          "PYTHONPATH") from None
+    build = getattr(module, build_name or "build", None)
+    if not callable(build):
+        raise AttributeError(f"recipe module {module_name} defines no function `{build_name or 'build'}`")
+    if not build_name and hasattr(module, "Config"):
+        return module
+    view = ModuleType(f"{module_name}:{build_name or 'build'}")
+    view.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    view.build = build
+    view.Config = getattr(module, "Config", _NoSettings)
+    return view
+
+
+@dataclass(kw_only=True)
+class _NoSettings:
+    """The `task:` section of a recipe without its own Config: empty."""

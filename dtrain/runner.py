@@ -10,7 +10,7 @@ from dtrain.config import RunConfig
 from dtrain.determinism import configure_kernels
 from dtrain.dist import DistState, distributed, read_env
 from dtrain.lifeline import stop_with_launcher
-from dtrain.recipe import BuildContext, resolve_recipe
+from dtrain.recipe import BuildContext, RecipeError, Task, resolve_recipe
 from dtrain.runlock import hold
 from dtrain.trainer import Trainer
 
@@ -40,5 +40,8 @@ def build_trainer(cfg: RunConfig, ds: DistState) -> Trainer:
     seed_everything(cfg.seed)
     recipe = resolve_recipe(cfg.recipe)
     task = recipe.build(cfg.task, BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir)))
+    if not isinstance(task, Task):
+        raise RecipeError(f"recipe {cfg.recipe!r}: build() returned {type(task).__name__}, not a Task; return "
+                          "Task(model=..., train_data=..., loss_fn=...) (from dtrain.recipe)")
     seed_everything(cfg.seed + ds.rank)
     return Trainer(cfg, ds, task)
