@@ -9,6 +9,7 @@ step s are therefore the same set whatever the world size and accumulation, whic
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -118,25 +119,36 @@ def make_loader(
 
 
 def move_to(batch, device: torch.device):
-    """Send tensors in a (nested) batch to `device`; other values pass through."""
+    """Send tensors in a (nested) batch to `device`; other values pass through. A batch object with its
+    own `.to` (a Hugging Face BatchEncoding, your own class) moves itself; namedtuples stay namedtuples."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
+    if callable(getattr(batch, "to", None)) and not isinstance(batch, (str, bytes)):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
         return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple takes its fields by position
+        return type(batch)(*(move_to(v, device) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device) for v in batch)
     return batch
 
 
 def batch_len(batch) -> int:
-    """Number of samples in a batch: the first dimension of its first tensor."""
+    """Number of samples in a batch: its len() if it says (a batch object), else the first dimension of
+    its first tensor (a tensor, or a dict, list or tuple of them)."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return batch_len(next(iter(batch.values())))
     if isinstance(batch, (list, tuple)):
         return batch_len(batch[0])
-    raise TypeError(f"cannot tell the size of a batch of type {type(batch).__name__}")
+    if hasattr(batch, "__len__"):
+        return len(batch)
+    from dtrain.recipe import RecipeError
+
+    raise RecipeError(f"cannot tell how many samples a batch of type {type(batch).__name__} holds: give it "
+                      "__len__, or make it a tensor or a dict, list or tuple of tensors")
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -81,3 +81,37 @@ def test_stratified_split_is_reproducible_and_proportional():
     assert (train, val) != stratified_split(labels, 0.2, seed=8)
     assert not set(train) & set(val) and len(train) + len(val) == 100
     assert [sum(labels[i] == c for i in val) for c in range(3)] == [10, 6, 4]
+
+
+def test_namedtuples_mappings_and_batch_objects_move_and_count():
+    from collections import UserDict, namedtuple
+
+    import torch
+
+    from dtrain.data import batch_len, move_to
+    from dtrain.recipe import RecipeError
+
+    Sample = namedtuple("Sample", "x y")
+    moved = move_to(Sample(torch.zeros(3, 2), torch.ones(3)), torch.device("meta"))
+    assert type(moved) is Sample and moved.x.device.type == "meta" and batch_len(moved) == 3
+
+    class Encoding(UserDict):  # a Mapping that is no dict, as Hugging Face's BatchEncoding
+        pass
+
+    assert batch_len(Encoding(ids=torch.zeros(5, 7))) == 5
+    assert move_to(Encoding(ids=torch.zeros(5, 7)), torch.device("meta"))["ids"].device.type == "meta"
+
+    class Batch:  # the user's own batch: it knows its length and how to move
+        def __init__(self, t):
+            self.t = t
+
+        def __len__(self):
+            return len(self.t)
+
+        def to(self, device):
+            return Batch(self.t.to(device))
+
+    moved = move_to(Batch(torch.zeros(4)), torch.device("meta"))
+    assert isinstance(moved, Batch) and moved.t.device.type == "meta" and batch_len(moved) == 4
+    with pytest.raises(RecipeError, match="cannot tell how many samples a batch of type object holds: give it __len__"):
+        batch_len(object())
