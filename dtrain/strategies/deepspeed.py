@@ -108,6 +108,9 @@ class DeepSpeedStrategy(Strategy):
         ensure_process_group(self.dist, self.cfg.dist.timeout_s)
         # DeepSpeed reads its rank from the environment, which only torchrun fills; a single process
         # and an srun task say it here, from the DistState that dtrain found.
+        # Taken back in close(): left behind, they would make the next run in this process (a notebook,
+        # a sweep) believe it runs under torchrun.
+        self._env_set = [key for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE") if key not in os.environ]
         for key, value in (("LOCAL_RANK", self.dist.local_rank), ("RANK", self.dist.rank),
                            ("WORLD_SIZE", self.dist.world_size)):
             os.environ.setdefault(key, str(value))
@@ -247,3 +250,17 @@ class DeepSpeedStrategy(Strategy):
 
     def close(self) -> None:
         self.engine.destroy()
+        # DeepSpeed caches the process groups it made (world, data parallel...) in module globals; dtrain
+        # destroys the groups after the run, so the next run in this process would meet dead ones
+        # ("Group ... is not registered"). Drop them as deepspeed.comm.destroy_process_group does.
+        from deepspeed.utils import groups
+
+        release = getattr(groups, "_release_process_group_references", None)
+        if release is not None:
+            release(None)
+        else:  # older DeepSpeed: the same globals by hand
+            for name in ("_WORLD_GROUP", "_DATA_PARALLEL_GROUP", "_MODEL_PARALLEL_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP"):
+                if hasattr(groups, name):
+                    setattr(groups, name, None)
+        for key in getattr(self, "_env_set", []):
+            os.environ.pop(key, None)
