@@ -62,6 +62,9 @@ class TrainConfig:
     """Optimizer steps between metric lines."""
     eval_every: int | None = None
     """Optimizer steps between evaluations (None: at the end of every epoch)."""
+    sanity_eval_batches: int = 2
+    """Validation batches evaluated before the first step, so that a recipe's evaluation mistakes (and a
+    checkpoint.best_metric / early_stopping.metric it does not give) stop the run in seconds (0: off)."""
     num_workers: int | Literal["auto"] = 0
     """DataLoader worker processes per rank; auto: 0 on the CPU (ranks already use the cores), 2 with CUDA."""
     on_nonfinite: Literal["skip", "stop", "off"] = "skip"
@@ -75,6 +78,8 @@ class TrainConfig:
 
     def check(self) -> list[str]:
         bad = []
+        if self.sanity_eval_batches < 0:
+            bad.append(f"train.sanity_eval_batches: must be >= 0, got {self.sanity_eval_batches}")
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every", "max_nonfinite_in_a_row"):
             if getattr(self, name) <= 0:
                 bad.append(f"train.{name}: must be > 0, got {getattr(self, name)}")

@@ -20,7 +20,7 @@ from dtrain.redact import redact
 # Dotted keys (or their prefixes) that leave every weight and every metric of the run as it was.
 FREE_TO_CHANGE = (
     "output_dir", "checkpoint.", "logging.", "profile.", "fault_injection.", "dist.timeout_s",
-    "dist.watchdog_timeout_s", "train.log_every",
+    "dist.watchdog_timeout_s", "train.log_every", "train.sanity_eval_batches",
 )
 
 

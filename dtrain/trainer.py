@@ -39,6 +39,7 @@ from dtrain.optim import build_optimizer, build_scheduler
 from dtrain.precision import Precision
 from dtrain.profiling import StepProfiler
 from dtrain.recipe import Task
+from dtrain.sanity import check_eval_stats, check_metrics, sanity_subset, warn_out_of_range
 from dtrain.strategies import build_strategy
 from dtrain.watchdog import Watchdog
 
@@ -98,6 +99,7 @@ class Trainer:
         self.stopped_early = False
         self.last_saved_step = -1
         self.last_eval: dict[str, float] = {}
+        self._warned: set[str] = set()  # metrics already said to be out of range
 
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,7 @@ class Trainer:
             self.stop_request.clear_stale_marker()
             self.watchdog.start()
             self._start()
+            self._sanity_eval()
             tc = self.cfg.train
             self.train_model.train()
             while self.step < self.total_steps and not self.stopped_early:
@@ -228,6 +231,7 @@ class Trainer:
         improved = False
         if due_eval:
             metrics = self.evaluate()
+            warn_out_of_range(metrics, self._warned, lambda m: self.logger.info(f"warning: {m}"))
             self.last_eval = metrics
             self.logger.log({"step": self.step, "epoch": self.epoch, **metrics}, kind="eval")
             improved = self._is_improvement(metrics)
@@ -271,6 +275,18 @@ class Trainer:
             raise FaultInjected(f"fault injection: crash after step {self.step}")
 
     # ================================================================== evaluation
+    def _sanity_eval(self) -> None:
+        """A few validation batches before the first step, their metrics checked (dtrain/sanity.py)."""
+        n, data = self.cfg.train.sanity_eval_batches, self.task.val_data
+        if not n or self.val_loader is None or self.step >= self.total_steps:
+            return
+        subset = sanity_subset(data, self.dist.rank, self.dist.world_size, self.cfg.train.batch_size, n)
+        loader = make_loader(subset, EvalSampler(len(subset), 0, 1), self.cfg.train.batch_size, self.dist, 0,
+                             self.task.collate_fn)
+        watched = {"checkpoint.best_metric": self.cfg.checkpoint.best_metric,
+                   "early_stopping.metric": self.cfg.early_stopping.metric}
+        check_metrics(self.evaluate(loader), self.task, watched, lambda m: self.logger.info(f"warning: {m}"))
+
     @torch.inference_mode()
     def evaluate(self, loader=None) -> dict:
         """Loss and recipe metrics over the whole validation set (or `loader`), each sample counted once
@@ -295,7 +311,9 @@ class Trainer:
             loss_sum += loss.double() * n
             count += n
             if self.task.eval_stats is not None:
-                for k, v in self.task.eval_stats(outputs, batch).items():
+                stats = self.task.eval_stats(outputs, batch)
+                check_eval_stats(stats)
+                for k, v in stats.items():
                     # A Python number or a CPU tensor is fine: sums live on the compute device, where
                     # the reduction (NCCL on GPUs) needs them.
                     v = torch.as_tensor(v).detach().to(self.device, torch.float64)

@@ -27,6 +27,7 @@ RECIPE = textwrap.dedent('''
         n: int = 64
         label_key: str = "y"
         batch: str = "dict"
+        stats: str = "sums"
 
 
     def build(cfg, ctx):
@@ -41,8 +42,22 @@ RECIPE = textwrap.dedent('''
             return nn.functional.cross_entropy(out, batch[cfg.label_key])
 
         forward = (lambda m, b: m(b["x"])) if cfg.batch == "dict" else None
-        return Task(model=lambda: nn.Linear(4, 2), train_data=data, loss_fn=loss_fn,
-                    **({"forward": forward} if forward else {}))
+
+        def eval_stats(out, batch):
+            right = (out.argmax(-1) == batch["y"]).sum()
+            if cfg.stats == "mean":  # a per-batch mean: summed over the batches it is no accuracy
+                return {"accuracy": right / len(batch["y"])}
+            return {"correct": right, "count": len(batch["y"])}
+
+        def summarize(sums):
+            acc = sums["accuracy"] if cfg.stats == "mean" else sums["correct"] / sums["count"]
+            return {"accuracy": acc if cfg.stats == "tensor" else acc.item()}
+
+        metrics = {} if cfg.stats == "none" else {"eval_stats": eval_stats}
+        if cfg.stats not in ("none", "nosummarize"):
+            metrics["summarize"] = summarize
+        return Task(model=lambda: nn.Linear(4, 2), train_data=data, val_data=data[:40], loss_fn=loss_fn,
+                    **({"forward": forward} if forward else {}), **metrics)
 
 
     def as_tuples(cfg, ctx):
@@ -117,3 +132,24 @@ def test_recipe_contract_mistakes_are_one_line(project, override, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[dtrain]")]
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("overrides, code, message", [
+    (["task.stats=tensor"], 1, "Task.summarize returned a tensor for 'accuracy': return a Python number (.item())"),
+    (["checkpoint.best_metric=acc"], 2, "checkpoint.best_metric: 'acc' is not a metric of this recipe; its "
+                                        "evaluation gives accuracy, val_loss"),
+    (["early_stopping.metric=loss"], 2, "early_stopping.metric: 'loss' is not a metric"),
+])
+def test_evaluation_mistakes_stop_the_run_before_its_first_step(project, overrides, code, message):
+    proc = dtrain(project, "run", "c.yaml", *overrides)
+    assert proc.returncode == code and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (project / "run" / "checkpoints").exists()  # not one step
+
+
+@pytest.mark.parametrize("stats, warning", [
+    ("mean", "warning: accuracy = "),
+    ("nosummarize", "warning: Task.eval_stats is given but Task.summarize is not"),
+])
+def test_numbers_that_are_surely_wrong_are_said(project, stats, warning):
+    proc = dtrain(project, "run", "c.yaml", f"task.stats={stats}")
+    assert proc.returncode == 0 and warning in proc.stdout, proc.stdout + proc.stderr

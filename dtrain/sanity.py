@@ -1,0 +1,79 @@
+"""A sanity evaluation before the first step: a recipe's evaluation mistakes surface in seconds, named,
+not after an epoch of training with no checkpoint (Lightning's num_sanity_val_steps, with checks).
+
+The Trainer evaluates a few validation batches (`train.sanity_eval_batches`) through the same code as
+every evaluation, then `check_metrics` looks at what came out: values `summarize` returns must be
+numbers or JSON (not tensors), the metric a checkpoint or early stopping watches must exist, and
+numbers that are surely wrong (a ratio above 1: a per-batch mean summed as if it were a sum) are said,
+here and after every evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+
+from torch.utils.data import Dataset, Subset
+
+from dtrain.recipe import RecipeError, Task
+
+# Names of metrics that are fractions in [0, 1] (as words in the name: val_accuracy, macro_f1, top1_acc).
+RATIO = re.compile(r"(^|_)(acc|accuracy|precision|recall|f1|auc|auroc|rate|ratio|fraction)(_|$)", re.IGNORECASE)
+
+
+class MetricNameError(RecipeError):
+    """A config names a metric the recipe's evaluation does not give: bad input (exit 2)."""
+
+    bad_input = True
+
+
+def sanity_subset(data: Dataset, rank: int, world_size: int, batch_size: int, batches: int) -> Subset:
+    """The same number of validation samples on every rank (so sharded evaluation stays in step), the
+    first ones, strided over the ranks."""
+    per_rank = min(batches * batch_size, len(data) // world_size) or min(1, len(data))  # type: ignore[arg-type]
+    return Subset(data, [i * world_size + rank for i in range(per_rank) if i * world_size + rank < len(data)])  # type: ignore[arg-type]
+
+
+def check_eval_stats(stats: Any) -> None:
+    """What `Task.eval_stats` returned for one batch must be a dict of numbers or tensors."""
+    if not isinstance(stats, dict):
+        raise RecipeError(f"Task.eval_stats returned {type(stats).__name__}, not a dict of sums over the batch "
+                          "(e.g. {'correct': (pred == y).sum(), 'count': len(y)})")
+    for key, value in stats.items():
+        if isinstance(value, (str, bytes, dict)) or value is None:
+            raise RecipeError(f"Task.eval_stats returned {type(value).__name__} for {key!r}: give a number or a "
+                              "tensor of sums (they are added over batches and ranks)")
+
+
+def check_metrics(metrics: dict[str, Any], task: Task, watched: dict[str, str | None],
+                  warn: Callable[[str], None]) -> None:
+    """The sanity evaluation's metrics: JSON-able, the watched ones present, ratios in [0, 1]."""
+    for key, value in metrics.items():
+        if hasattr(value, "detach"):
+            raise RecipeError(f"Task.summarize returned a tensor for {key!r}: return a Python number (.item()) "
+                              "or a list (.tolist())")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"Task.summarize returned {type(value).__name__} for {key!r}, which cannot be "
+                              "logged: return numbers, lists or dicts of them") from None
+    for config_key, name in watched.items():
+        if name is not None and name not in metrics:
+            raise MetricNameError(f"{config_key}: {name!r} is not a metric of this recipe; its evaluation gives "
+                                  f"{', '.join(sorted(metrics))}")
+    if task.eval_stats is not None and task.summarize is None:
+        warn("Task.eval_stats is given but Task.summarize is not: the sums are dropped and no metric besides "
+             "val_loss is reported; add summarize=lambda sums: {...}")
+    warn_out_of_range(metrics, set(), warn)
+
+
+def warn_out_of_range(metrics: dict[str, Any], warned: set[str], warn: Callable[[str], None]) -> None:
+    """Say once per metric when a fraction (named like one) is outside [0, 1]: the usual cause is
+    eval_stats returning a per-batch mean, which the sum over batches turns into nonsense. Called after
+    every evaluation (a few sanity batches may not show it yet)."""
+    for key, value in metrics.items():
+        if key not in warned and RATIO.search(key) and isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+            warned.add(key)
+            warn(f"{key} = {value:.4g}, outside [0, 1]: Task.eval_stats must return SUMS over the batch (e.g. "
+                 "correct predictions and a count) and summarize divides them; a per-batch mean adds up wrong")
