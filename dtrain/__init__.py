@@ -1,6 +1,7 @@
 """dtrain: a small distributed training library. Public API:
 
-    from dtrain import load_config, train, Trainer, Task, BuildContext
+    from dtrain import fit, Task          # a script or notebook: your task, a config, a run directory
+    from dtrain import load_config, train, Trainer, BuildContext, FitResult
 
 Names resolve lazily so that `dtrain --help` does not import torch.
 """
@@ -16,6 +17,8 @@ _EXPORTS = {
     "RunConfig": "dtrain.config",
     "ConfigError": "dtrain.config",
     "train": "dtrain.runner",
+    "fit": "dtrain.runner",
+    "FitResult": "dtrain.runner",
     "Trainer": "dtrain.trainer",
     "Task": "dtrain.recipe",
     "BuildContext": "dtrain.recipe",

@@ -435,8 +435,10 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), *, raw: dict | None = None) -> RunConfig:
-    """Read, override, type-check and validate a run config; raises ConfigError listing every problem."""
+def load_config(path: str | Path | None, overrides: list[str] = (), *, raw: dict | None = None,
+                task_in_code: bool = False) -> RunConfig:
+    """Read, override, type-check and validate a run config; raises ConfigError listing every problem.
+    `task_in_code`: the task comes from Python (`dtrain.fit`), so `recipe` may be left out."""
     from dtrain.recipe import resolve_recipe  # late: recipes import the trainer's public API
 
     source = str(path) if path is not None else None
@@ -448,13 +450,20 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, raw: dict
         raise
     problems: list[str] = []
     task_raw = data.pop("task", None)
+    if "recipe" not in data and task_in_code:
+        if task_raw:
+            raise ConfigError(["task: settings for a recipe, but the task comes from your code (dtrain.fit); "
+                               "set them there, or name the recipe"], source)
+        data["recipe"] = ""
     if "recipe" not in data:
         raise ConfigError(["recipe: missing; name the recipe to run, e.g. recipe: vision"], source)
     ck = data.get("checkpoint")
     if isinstance(ck, dict) and "async" in ck:  # `async` is a Python keyword: the field is async_save
         ck["async_save"] = ck.pop("async")
     cfg = build_dataclass(RunConfig, data, "", problems)
-    if cfg is not None:
+    if cfg is not None and cfg.recipe == "" and task_in_code:
+        pass  # no recipe: the task is given in code
+    elif cfg is not None:
         try:
             recipe = resolve_recipe(cfg.recipe)
         except (ImportError, AttributeError) as exc:

@@ -1,12 +1,17 @@
-"""`train(cfg)`: the one function behind `dtrain run` — join the group, build the recipe, fit."""
+"""`train(cfg)`, the one function behind `dtrain run`, and `fit(task, config)`, the same for a script or
+a notebook: join the group (under torchrun or srun), build the task, run the Trainer."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
 
 from dtrain.checkpoint import seed_everything
-from dtrain.config import RunConfig
+from dtrain.config import RunConfig, load_config, to_dict
 from dtrain.determinism import configure_kernels
 from dtrain.dist import DistState, distributed, read_env
 from dtrain.lifeline import stop_with_launcher
@@ -14,9 +19,41 @@ from dtrain.recipe import BuildContext, RecipeError, Task, resolve_recipe
 from dtrain.runlock import hold
 from dtrain.trainer import Trainer
 
+TaskSource = Callable[[BuildContext], Task]
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    """The trained model, unwrapped from DDP/DeepSpeed (under fsdp: its sharded form)."""
+    metrics: dict[str, Any]
+    """The last evaluation's metrics."""
+    run_dir: Path
+
 
 def train(cfg: RunConfig) -> dict[str, float]:
-    """Train `cfg` in this process (as the only rank, or as one rank of torchrun / srun)."""
+    """Train `cfg` with its recipe in this process (as the only rank, or one rank of torchrun / srun)."""
+    return _run(cfg, None).metrics
+
+
+def fit(task: Task | TaskSource, config: str | Path | dict | RunConfig | None = None,
+        overrides: Sequence[str] = ()) -> FitResult:
+    """Train `task` (a Task, or a function BuildContext -> Task, called in the process group) with
+    `config`: a YAML file, a dict of the same keys, or a RunConfig; `overrides` as on the command line
+    (`["optim.lr=1e-3"]`). Without `recipe:` and `task:` keys: the task is this one. Validated like the
+    YAML path (ConfigError lists every problem); writes the same run directory; under torchrun or srun
+    every rank calls it and it joins their group."""
+    if isinstance(config, RunConfig):  # its own recipe and task section give way to `task`
+        raw = {k: v for k, v in to_dict(config).items() if k not in ("recipe", "task")}
+        cfg = load_config(None, list(overrides), raw=raw, task_in_code=True)
+    elif isinstance(config, dict) or config is None:
+        cfg = load_config(None, list(overrides), raw=dict(config or {}), task_in_code=True)
+    else:
+        cfg = load_config(config, list(overrides), task_in_code=True)
+    return _run(cfg, task)
+
+
+def _run(cfg: RunConfig, task: Task | TaskSource | None) -> FitResult:
     # First: joining the group may already touch the GPU, and cuBLAS reads its setting only once.
     configure_kernels(cfg.train.deterministic, cfg.train.tf32, cfg.train.cudnn_benchmark)
     env = read_env()
@@ -26,22 +63,27 @@ def train(cfg: RunConfig) -> dict[str, float]:
         # Rank 0 holds the run directory before anything is written into it (the recipe's build may
         # write already): a second job on the same output_dir stops here, the first one untouched.
         with hold(cfg.output_dir) if ds.is_main else contextlib.nullcontext():
-            return build_trainer(cfg, ds).fit()
+            trainer = build_trainer(cfg, ds, task)
+            metrics = trainer.fit()
+            return FitResult(trainer.model, metrics, Path(cfg.output_dir))
 
 
-def build_trainer(cfg: RunConfig, ds: DistState) -> Trainer:
-    """The recipe's task and its Trainer, in a process group that already exists (several runs may
-    share one: the test workers and benchmarks/gpu_check.py)."""
+def build_trainer(cfg: RunConfig, ds: DistState, task: Task | TaskSource | None = None) -> Trainer:
+    """The task (the recipe's, or `task`) and its Trainer, in a process group that already exists (several
+    runs may share one: the test workers and benchmarks/gpu_check.py)."""
     # Same seed on every rank while the recipe builds its data (and a model it builds itself); the
     # Trainer builds a model given as a function under the same seed. Then one stream per rank for
     # augmentation and dropout.
     tc = cfg.train
     configure_kernels(tc.deterministic, tc.tf32, tc.cudnn_benchmark)  # again: this run's, not an earlier one's
     seed_everything(cfg.seed)
-    recipe = resolve_recipe(cfg.recipe)
-    task = recipe.build(cfg.task, BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir)))
-    if not isinstance(task, Task):
-        raise RecipeError(f"recipe {cfg.recipe!r}: build() returned {type(task).__name__}, not a Task; return "
+    ctx = BuildContext(dist=ds, seed=cfg.seed, output_dir=Path(cfg.output_dir))
+    if task is None:
+        built, source = resolve_recipe(cfg.recipe).build(cfg.task, ctx), f"recipe {cfg.recipe!r}: build()"
+    else:
+        built, source = (task, "fit()'s task") if isinstance(task, Task) else (task(ctx), "the task function")
+    if not isinstance(built, Task):
+        raise RecipeError(f"{source} returned {type(built).__name__}, not a Task; return "
                           "Task(model=..., train_data=..., loss_fn=...) (from dtrain.recipe)")
     seed_everything(cfg.seed + ds.rank)
-    return Trainer(cfg, ds, task)
+    return Trainer(cfg, ds, built)
