@@ -1,7 +1,7 @@
 """dtrain: a small distributed training library. Public API:
 
     from dtrain import fit, Task          # a script or notebook: your task, a config, a run directory
-    from dtrain import load_config, train, Trainer, BuildContext, FitResult
+    from dtrain import load_config, train, Trainer, BuildContext, FitResult, Hooks
 
 Names resolve lazily so that `dtrain --help` does not import torch.
 """
@@ -22,6 +22,7 @@ _EXPORTS = {
     "Trainer": "dtrain.trainer",
     "Task": "dtrain.recipe",
     "BuildContext": "dtrain.recipe",
+    "Hooks": "dtrain.recipe",
     "DistState": "dtrain.dist",
 }
 

@@ -99,8 +99,9 @@ class _Interrupts:
 
             raise SignalException(f"cannot write {self.marker}: {exc.strerror}", sigval=signal.SIGTERM) from None
         again = "Ctrl-C" if sig == signal.SIGINT else "send it"
-        print(f"\n[dtrain] {sig.name}: every rank stops at its next step boundary and saves a checkpoint; "
-              f"{again} again to stop at once", file=sys.stderr, flush=True)
+        # os.write, not print: printing in a handler while torchrun prints raises "reentrant call".
+        os.write(2, f"\n[dtrain] {sig.name}: every rank stops at its next step boundary and saves a checkpoint; "
+                    f"{again} again to stop at once\n".encode())
 
     def forget_marker(self) -> None:
         """A request nobody read (the run ended first) must not stop the next run."""

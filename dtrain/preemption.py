@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -78,8 +77,10 @@ class StopRequest:
         self.received = signal.Signals(signum).name
         if signum == signal.SIGINT:  # the second Ctrl-C interrupts at once
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            print(f"\n[dtrain] SIGINT: stopping at the next step boundary with a checkpoint; Ctrl-C again to "
-                  "stop at once", file=sys.stderr, flush=True)
+            # os.write, not print: a handler that prints while the loop is printing to the same stream
+            # raises "reentrant call" from inside the loop.
+            os.write(2, b"\n[dtrain] SIGINT: stopping at the next step boundary with a checkpoint; Ctrl-C again "
+                        b"to stop at once\n")
 
     def clear_stale_marker(self) -> None:
         """Markers left by an earlier attempt are not a request for (or a stop of) this one; a marker

@@ -94,8 +94,53 @@ class Task:
     """The same architecture built without reading any weights file, e.g. `from_config` where `model`
     calls `from_pretrained` (which refuses the meta device). Called under `torch.device('meta')`, or
     DeepSpeed's `zero.Init`; None: `model` itself is used (fine when it only initializes randomly)."""
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
+    """(model) -> your optimizer over its parameters (the model as the strategy holds it: sharded under
+    fsdp, partitioned under ZeRO-3). None: AdamW or SGD from `optim.*`. Its lr is the peak the schedule
+    scales; `optim.lr`, `betas`, `weight_decay` then do not apply. dtrain's own optimizers are fused and
+    skip a non-finite update on the device; another one is skipped by a host-side check."""
+    scheduler: Callable[[torch.optim.Optimizer, int], Any] | None = None
+    """(optimizer, total optimizer steps) -> your LR scheduler, stepped once per optimizer step. None:
+    warmup then `optim.schedule`. Its state_dict must be plain data (torch's own schedulers are; a
+    LambdaLR of a lambda saves no function): checkpoints load with weights_only=True."""
+    hooks: "Hooks" = field(default_factory=lambda: Hooks())
+    """Your own code at a few points of the loop (see Hooks)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Anything the recipe wants to keep (label names, tokenizer...)."""
+
+
+@dataclass
+class Hooks:
+    """Points where a recipe or script runs its own code; no callback classes, no other points.
+
+    Each gets the model in eval mode under `torch.inference_mode()`, and the RNG state is put back
+    afterwards, so a hook that samples (text generation) changes nothing in training: a resumed run
+    still ends bitwise equal. Under fsdp or ZeRO-3 a hook that runs the model must run on every rank
+    (`all_ranks=True`): the forward gathers parameters, a collective."""
+
+    after_eval: Callable[[nn.Module, int, dict[str, Any]], None] | None = None
+    """(model, step, metrics) after each evaluation, e.g. print a generated sample."""
+    after_log: Callable[[int, dict[str, Any]], None] | None = None
+    """(step, the log line's record) after each training log line."""
+    at_end: Callable[[nn.Module, int, dict[str, Any]], None] | None = None
+    """(model, step, last evaluation) once, when training has finished."""
+    all_ranks: bool = False
+    """False: rank 0 only."""
+
+    def run(self, hook: Callable | None, model: nn.Module, is_main: bool, *args: Any) -> None:
+        """Call `hook(*args)` where it asked to run, the model in eval mode, the RNG put back after."""
+        if hook is None or not (self.all_ranks or is_main):
+            return
+        from dtrain.checkpoint import capture_rng, restore_rng
+
+        rng, was_training = capture_rng(), model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                hook(*args)
+        finally:
+            model.train(was_training)
+            restore_rng(rng)
 
 
 RECIPE_PACKAGE = "recipes"

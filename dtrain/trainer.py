@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -29,6 +29,7 @@ from dtrain.data import (
 )
 from dtrain.dist import DistState, all_reduce_sum, describe_cpus, gather_objects
 from dtrain.early_stopping import EarlyStopping
+from dtrain.fault_injection import FaultInjected, first_attempt, holding
 from dtrain.loggers import MetricsLogger
 from dtrain.metrics import StepMetrics, count_tokens, default_peak_flops, memory_peaks
 from dtrain.model_init import ModelSource
@@ -44,10 +45,6 @@ from dtrain.strategies import build_strategy
 from dtrain.watchdog import Watchdog
 
 
-class FaultInjected(RuntimeError):
-    """Raised by `fault_injection.crash_after_step`; tests use it to stop a run on purpose."""
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, dist: DistState, task: Task):
         self.cfg, self.dist, self.task = cfg, dist, task
@@ -61,7 +58,7 @@ class Trainer:
         # checkpoints see, `self.train_model` what the loop calls.
         self.strategy = build_strategy(cfg, dist, self.precision, task)
         self.strategy.setup(ModelSource.of(task.model, task.model_skeleton, cfg.seed),
-                            lambda m: build_optimizer(m, cfg.optim))
+                            task.optimizer or (lambda m: build_optimizer(m, cfg.optim)))
         self.model, self.train_model, self.optimizer = self.strategy.model, self.strategy.train_model, self.strategy.optimizer
         self.ckpt_format = cfg.checkpoint_format
 
@@ -78,7 +75,7 @@ class Trainer:
         self.total_steps = tc.epochs * self.steps_per_epoch
         if tc.max_steps is not None:
             self.total_steps = min(self.total_steps, tc.max_steps)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps)
+        self.scheduler = self._make_scheduler(self.total_steps)
 
         self.val_loader, self.test_loader = (
             make_loader(data, EvalSampler(len(data), dist.rank, dist.world_size), tc.batch_size, dist, workers,
@@ -116,7 +113,7 @@ class Trainer:
                                  watch_compiles=bool(tc.compile))
         fi = cfg.fault_injection
         self.beat = self.watchdog.beat if not fi.hold_at or fi.hold_rank != dist.rank else \
-            _holding(self.watchdog.beat, fi.hold_at, fi.hold_s, self.run_dir)
+            holding(self.watchdog.beat, fi.hold_at, fi.hold_s, self.run_dir)
         # Sum of loss * samples since the last log line (on the device: read only when logging), and samples.
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._window_n = 0
@@ -149,6 +146,7 @@ class Trainer:
             self.logger.info(f"done: {self.step} steps, {self.epoch} epochs, output in {self.run_dir}")
             if self.test_loader is not None:
                 self.test()
+            self._hook(self.task.hooks.at_end, self.model, self.step, self.last_eval)
             return self.last_eval
         finally:
             self.profiler.close(self.step)
@@ -234,6 +232,7 @@ class Trainer:
             warn_out_of_range(metrics, self._warned, lambda m: self.logger.info(f"warning: {m}"))
             self.last_eval = metrics
             self.logger.log({"step": self.step, "epoch": self.epoch, **metrics}, kind="eval")
+            self._hook(self.task.hooks.after_eval, self.model, self.step, metrics)
             improved = self._is_improvement(metrics)
             # Every rank sees the same reduced metrics, so every rank takes the same decision.
             if self.early_stopping.update(metrics) and not last:
@@ -267,7 +266,7 @@ class Trainer:
                             "command to continue", interrupted=reason == "SIGINT")
 
         fi = self.cfg.fault_injection
-        if fi.kill_at_step == self.step and fi.kill_rank == self.dist.rank and _first_attempt():
+        if fi.kill_at_step == self.step and fi.kill_rank == self.dist.rank and first_attempt():
             os.kill(os.getpid(), signal.SIGKILL)
         if fi.step_sleep_s:
             time.sleep(fi.step_sleep_s)
@@ -389,6 +388,7 @@ class Trainer:
         if self.guard.skipped:
             record["nonfinite_skipped"] = self.guard.skipped
         self.logger.log(record)
+        self._hook(self.task.hooks.after_log, self.step, record)
         self._window_loss.zero_()
         self._window_n = 0
 
@@ -433,7 +433,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         fi = self.cfg.fault_injection
-        kill = fi.kill_during_save_at_step == self.step and _first_attempt()
+        kill = fi.kill_during_save_at_step == self.step and first_attempt()
         self.beat(self.step, 0, "checkpoint")
         if self.ckpt_format == "torch":
             path = self.ckpt.save(self.step, self.model.state_dict(), self.optimizer.state_dict(), self.state_dict(),
@@ -506,6 +506,14 @@ class Trainer:
         self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
+    def _make_scheduler(self, total: int):
+        if self.task.scheduler is not None:
+            return self.task.scheduler(self.optimizer, total)
+        return build_scheduler(self.optimizer, self.cfg.optim, total)
+
+    def _hook(self, hook, *args) -> None:
+        self.task.hooks.run(hook, self.model, self.dist.is_main, *args)
+
     def _record_config(self) -> None:
         changed = record_config(self.run_dir, self.cfg) if self.dist.is_main else []
         if changed:
@@ -522,29 +530,9 @@ class Trainer:
             total = min(total, self.cfg.train.max_steps)
         state = self.scheduler.state_dict()
         self.total_steps = total
-        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, total)
+        self.scheduler = self._make_scheduler(total)
         self.scheduler.load_state_dict(state)
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = lr  # building the scheduler reset it to step 0's
         self.logger.info(f"world size {before} -> {self.dist.world_size}: the epoch continues at global sample "
                          f"{self.sample_in_epoch}; {total - self.step} steps left; RNG streams re-seeded per rank")
-
-
-def _first_attempt() -> bool:
-    """False in a group torchrun restarted (fault injection fires once, so the restart can finish)."""
-    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-
-
-def _holding(beat: Callable[[int, int, str], None], spec: str, seconds: float, run_dir: Path):
-    """`beat`, and a pause at `spec` ('STEP:PHASE'): fault injection's `hold_at`."""
-    step_text, _, phase = spec.partition(":")
-    at, held = (int(step_text), phase), []
-
-    def hold(step: int, micro: int, phase: str) -> None:
-        beat(step, micro, phase)
-        if (step, phase) == at and not held:
-            held.append(True)
-            (run_dir / ".hold").write_text(f"{os.getpid()}\n")
-            time.sleep(seconds)
-
-    return hold

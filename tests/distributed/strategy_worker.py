@@ -13,7 +13,7 @@ from pathlib import Path
 from dtrain.config import load_config
 from dtrain.dist import barrier, distributed
 from dtrain.runner import build_trainer
-from dtrain.trainer import FaultInjected
+from dtrain.fault_injection import FaultInjected
 
 with distributed("cpu") as ds:
     for item in json.loads(sys.argv[1]):

@@ -56,3 +56,41 @@ def test_the_readme_example_runs_alone_and_under_torchrun(tmp_path, nproc):
     assert proc.stdout.count("char_accuracy 0.") == nproc  # every rank gets the result
     assert f"starting fresh: {nproc} rank(s)" in proc.stdout
     assert (final_checkpoint(tmp_path / "run") / "model.pt").is_file()
+
+
+def _own_task(calls: list | None = None, sample_in_hook: bool = False):
+    task = _task()
+    task.model = lambda: nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 2))  # dropout: the RNG matters
+    task.optimizer = lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)  # not fused: host-side skip
+    task.scheduler = lambda opt, total: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.5)
+    if calls is not None:
+        def after_eval(model, step, metrics):
+            assert not model.training and torch.is_inference_mode_enabled()
+            if sample_in_hook:
+                torch.randn(100)  # a hook that samples (generation) must not change training
+            calls.append(("eval", step, sorted(metrics)))
+
+        task.hooks = dtrain.Hooks(after_eval=after_eval, after_log=lambda step, rec: calls.append(("log", step)),
+                                  at_end=lambda model, step, metrics: calls.append(("end", step)))
+    return task
+
+
+def test_own_optimizer_scheduler_and_hooks_resume_bitwise(tmp_path):
+    config = {"train": {"epochs": 3, "batch_size": 16, "log_every": 2, "eval_every": 4},
+              "checkpoint": {"every_steps": 3}}
+    plain = dtrain.fit(_own_task(), {**config, "output_dir": str(tmp_path / "plain")})
+    calls: list = []
+    hooked = dtrain.fit(_own_task(calls, sample_in_hook=True), {**config, "output_dir": str(tmp_path / "hooked")})
+    assert_bitwise_equal(hooked.model.state_dict(), plain.model.state_dict())  # hooks changed nothing
+    assert ("eval", 4, ["val_loss"]) in calls and ("log", 2) in calls and calls[-1] == ("end", 12)
+    optim = load_pt(final_checkpoint(tmp_path / "plain") / "optim.pt")
+    assert "momentum_buffer" in optim["state"][0]  # the user's SGD, checkpointed
+    # a crash after step 5 and a resume: the user's optimizer and scheduler continue exactly
+    with pytest.raises(Exception, match="crash after step 5"):
+        dtrain.fit(_own_task(), {**config, "output_dir": str(tmp_path / "resumed")},
+                   overrides=["fault_injection.crash_after_step=5"])
+    resumed = dtrain.fit(_own_task(), {**config, "output_dir": str(tmp_path / "resumed")})
+    assert_bitwise_equal(resumed.model.state_dict(), plain.model.state_dict())
+    for part in ("optim.pt", "train_state.pt"):
+        assert_bitwise_equal(load_pt(final_checkpoint(tmp_path / "resumed") / part),
+                             load_pt(final_checkpoint(tmp_path / "plain") / part), part)
