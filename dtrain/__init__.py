@@ -1,6 +1,6 @@
 """dtrain: a small distributed training library. Public API:
 
-    from dtrain import fit, Task          # a script or notebook: your task, a config, a run directory
+    from dtrain import fit, Task, Hooks   # a script or notebook: your task, a config, a run directory
     from dtrain import load_config, train, Trainer, BuildContext, FitResult, Hooks
 
 Names resolve lazily so that `dtrain --help` does not import torch.

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import dtrain
-from dtrain import BuildContext, Task
+from dtrain import BuildContext, Hooks, Task
 
 CONTEXT = 32
 
@@ -46,6 +46,14 @@ def make_task(ctx: BuildContext) -> Task:
     def loss_fn(logits, batch):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch[1].flatten())  # the mean, as dtrain expects
 
+    def sample(model, step, metrics):  # after each evaluation, on rank 0: what the model writes now
+        device = next(model.parameters()).device
+        out = ids[:CONTEXT].tolist()
+        for _ in range(60):
+            probs = model(torch.tensor([out[-CONTEXT:]], device=device))[0, -1].float().softmax(-1)
+            out.append(int(torch.multinomial(probs, 1)))  # random draws: dtrain puts the RNG back after
+        print(f"[sample] step {step}: {''.join(vocab[i] for i in out[CONTEXT:])!r}", flush=True)
+
     return Task(
         model=lambda: CharLM(len(vocab)),
         train_data=pairs[:split],
@@ -53,12 +61,14 @@ def make_task(ctx: BuildContext) -> Task:
         loss_fn=loss_fn,
         eval_stats=lambda logits, batch: {"correct": (logits.argmax(-1) == batch[1]).sum(), "count": batch[1].numel()},
         summarize=lambda sums: {"char_accuracy": (sums["correct"] / sums["count"]).item()},
+        optimizer=lambda model: torch.optim.RAdam(model.parameters(), lr=3e-3),  # yours, not optim.*
+        hooks=Hooks(after_eval=sample),
     )
 
 
 if __name__ == "__main__":
     config = {"output_dir": "runs/own_model", "train": {"epochs": 2, "batch_size": 32, "log_every": 20},
-              "optim": {"lr": 3e-3, "warmup_steps": 10}, "checkpoint": {"best_metric": "char_accuracy"}}
+              "optim": {"warmup_steps": 10}, "checkpoint": {"best_metric": "char_accuracy"}}
     result = dtrain.fit(make_task, config, overrides=sys.argv[1:])
     print(f"char_accuracy {result.metrics['char_accuracy']:.3f}; model {type(result.model).__name__}; "
           f"run directory {result.run_dir}")

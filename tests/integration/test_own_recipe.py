@@ -96,6 +96,8 @@ def test_a_recipe_in_the_working_directory_trains_and_function_form_works(projec
     assert (project / "run" / "checkpoints" / "step_00000002").is_dir()
     proc = dtrain(project, "run", "c.yaml", "recipe=mytasks.lm:as_tuples", f"output_dir={project}/run2")
     assert proc.returncode == 0, proc.stderr
+    proc = dtrain(project, "launch", "--nproc-per-node=2", "c.yaml", f"output_dir={project}/run3")
+    assert proc.returncode == 0 and "starting fresh: 2 rank(s)" in proc.stdout, proc.stderr
 
 
 def test_a_missing_recipe_module_says_where_it_was_looked_for(project):

@@ -54,6 +54,7 @@ def test_the_readme_example_runs_alone_and_under_torchrun(tmp_path, nproc):
                           cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("char_accuracy 0.") == nproc  # every rank gets the result
+    assert proc.stdout.count("[sample] step") == 1  # the evaluation hook, on rank 0 only
     assert f"starting fresh: {nproc} rank(s)" in proc.stdout
     assert (final_checkpoint(tmp_path / "run") / "model.pt").is_file()
 
