@@ -95,3 +95,12 @@ def test_own_optimizer_scheduler_and_hooks_resume_bitwise(tmp_path):
     for part in ("optim.pt", "train_state.pt"):
         assert_bitwise_equal(load_pt(final_checkpoint(tmp_path / "resumed") / part),
                              load_pt(final_checkpoint(tmp_path / "plain") / part), part)
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_module_example_runs_under_dtrain_launch(tmp_path):
+    from tests.conftest import launch
+
+    proc = launch(2, "examples/own_recipe.yaml", "train.epochs=1", f"output_dir={tmp_path}/run")
+    assert "starting fresh: 2 rank(s)" in proc.stdout and proc.stdout.count("[sample] step") == 1
+    assert (final_checkpoint(tmp_path / "run") / "model.pt").is_file()
