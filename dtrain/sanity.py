@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Callable
 
+import torch
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from dtrain.recipe import RecipeError, Task
@@ -77,3 +80,44 @@ def warn_out_of_range(metrics: dict[str, Any], warned: set[str], warn: Callable[
             warned.add(key)
             warn(f"{key} = {value:.4g}, outside [0, 1]: Task.eval_stats must return SUMS over the batch (e.g. "
                  "correct predictions and a count) and summarize divides them; a per-batch mean adds up wrong")
+
+
+def doubled(batch: Any) -> Any:
+    """The batch followed by itself (2n samples, the same n twice), or None where its structure is not
+    known (a batch object): tensors are concatenated along the first dimension, lists extended."""
+    if isinstance(batch, torch.Tensor):
+        return torch.cat([batch, batch]) if batch.dim() else batch
+    if isinstance(batch, Mapping):
+        parts = {k: doubled(v) for k, v in batch.items()}
+        return None if any(v is None for v in parts.values()) else parts
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        parts = [doubled(v) for v in batch]
+        return None if any(v is None for v in parts) else type(batch)(*parts)
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(v, (str, int, float)) for v in batch):
+        return type(batch)(list(batch) + list(batch))  # per-sample values (texts, ids)
+    if isinstance(batch, (list, tuple)):
+        parts = [doubled(v) for v in batch]
+        return None if any(v is None for v in parts) else type(batch)(parts)
+    if isinstance(batch, (str, int, float, bool)) or batch is None:
+        return batch
+    return None
+
+
+def check_loss_is_mean(task: Task, model: nn.Module, batch: Any, autocast, warn: Callable[[str], None]) -> None:
+    """The Trainer weights micro-batches by their size, so `loss_fn` must give the MEAN over the batch. The
+    loss of the batch followed by itself is the same for a mean and twice as large for a sum (the model in
+    eval mode: no dropout, batch norm on its running statistics). Every rank runs it (a sharded forward
+    is a collective)."""
+    twice = doubled(batch)
+    if twice is None:
+        return
+    with torch.inference_mode(), autocast():
+        once_loss = task.loss_fn(task.forward(model, batch), batch).float()
+        twice_loss = task.loss_fn(task.forward(model, twice), twice).float()
+    if once_loss.numel() != 1 or twice_loss.numel() != 1:
+        raise RecipeError(f"Task.loss_fn returned a tensor of shape {tuple(once_loss.shape)}, not one number: "
+                          "return the mean over the batch (.mean())")
+    ratio = (twice_loss / once_loss).item() if once_loss.item() != 0 else 1.0
+    if abs(ratio - 2.0) < 0.05:
+        warn(f"Task.loss_fn looks like a SUM over the batch (a batch doubled with itself gives {ratio:.2f}x its "
+             "loss): return the mean, or the learning rate and the gradient accumulation weights are off")

@@ -40,7 +40,7 @@ from dtrain.optim import build_optimizer, build_scheduler
 from dtrain.precision import Precision
 from dtrain.profiling import StepProfiler
 from dtrain.recipe import Task
-from dtrain.sanity import check_eval_stats, check_metrics, sanity_subset, warn_out_of_range
+from dtrain.sanity import check_eval_stats, check_loss_is_mean, check_metrics, sanity_subset, warn_out_of_range
 from dtrain.strategies import build_strategy
 from dtrain.watchdog import Watchdog
 
@@ -284,7 +284,14 @@ class Trainer:
                              self.task.collate_fn)
         watched = {"checkpoint.best_metric": self.cfg.checkpoint.best_metric,
                    "early_stopping.metric": self.cfg.early_stopping.metric}
-        check_metrics(self.evaluate(loader), self.task, watched, lambda m: self.logger.info(f"warning: {m}"))
+        warn = lambda m: self.logger.info(f"warning: {m}")  # noqa: E731
+        check_metrics(self.evaluate(loader), self.task, watched, warn)
+        self.model.eval()
+        try:
+            check_loss_is_mean(self.task, self.model, move_to(next(iter(loader)), self.device),
+                               self.precision.autocast, warn)
+        finally:
+            self.model.train()
 
     @torch.inference_mode()
     def evaluate(self, loader=None) -> dict:

@@ -28,6 +28,7 @@ RECIPE = textwrap.dedent('''
         label_key: str = "y"
         batch: str = "dict"
         stats: str = "sums"
+        reduction: str = "mean"
 
 
     def build(cfg, ctx):
@@ -39,7 +40,7 @@ RECIPE = textwrap.dedent('''
         data = [{"x": x[i], "y": y[i]} for i in range(cfg.n)]
 
         def loss_fn(out, batch):
-            return nn.functional.cross_entropy(out, batch[cfg.label_key])
+            return nn.functional.cross_entropy(out, batch[cfg.label_key], reduction=cfg.reduction)
 
         forward = (lambda m, b: m(b["x"])) if cfg.batch == "dict" else None
 
@@ -151,7 +152,10 @@ def test_evaluation_mistakes_stop_the_run_before_its_first_step(project, overrid
 @pytest.mark.parametrize("stats, warning", [
     ("mean", "warning: accuracy = "),
     ("nosummarize", "warning: Task.eval_stats is given but Task.summarize is not"),
+    ("sums task.reduction=sum", "warning: Task.loss_fn looks like a SUM over the batch (a batch doubled with "
+                                "itself gives 2.00x its loss)"),
 ])
 def test_numbers_that_are_surely_wrong_are_said(project, stats, warning):
-    proc = dtrain(project, "run", "c.yaml", f"task.stats={stats}")
+    proc = dtrain(project, "run", "c.yaml", *f"task.stats={stats}".split())
     assert proc.returncode == 0 and warning in proc.stdout, proc.stdout + proc.stderr
+    assert "looks like a SUM" not in proc.stdout or "reduction=sum" in stats  # no false alarm on a mean
