@@ -113,7 +113,7 @@ class Task:
 class Hooks:
     """Points where a recipe or script runs its own code; no callback classes, no other points.
 
-    Each gets the model in eval mode under `torch.inference_mode()`, and the RNG state is put back
+    Each gets the model in eval mode under `torch.no_grad()`, and the RNG state is put back
     afterwards, so a hook that samples (text generation) changes nothing in training: a resumed run
     still ends bitwise equal. Under fsdp or ZeRO-3 a hook that runs the model must run on every rank
     (`all_ranks=True`): the forward gathers parameters, a collective."""
@@ -136,7 +136,7 @@ class Hooks:
         rng, was_training = capture_rng(), model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: see Trainer.evaluate
                 hook(*args)
         finally:
             model.train(was_training)

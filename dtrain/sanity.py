@@ -111,7 +111,7 @@ def check_loss_is_mean(task: Task, model: nn.Module, batch: Any, autocast, warn:
     twice = doubled(batch)
     if twice is None:
         return
-    with torch.inference_mode(), autocast():
+    with torch.no_grad(), autocast():
         once_loss = task.loss_fn(task.forward(model, batch), batch).float()
         twice_loss = task.loss_fn(task.forward(model, twice), twice).float()
     if once_loss.numel() != 1 or twice_loss.numel() != 1:

@@ -293,7 +293,9 @@ class Trainer:
         finally:
             self.model.train()
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: the sanity evaluation runs before the first step, and the buffers FSDP
+    # and ZeRO-3 allocate in a model's first forward would be inference tensors, unusable in training.
+    @torch.no_grad()
     def evaluate(self, loader=None) -> dict:
         """Loss and recipe metrics over the whole validation set (or `loader`), each sample counted once
         across ranks."""

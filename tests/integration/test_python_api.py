@@ -66,7 +66,7 @@ def _own_task(calls: list | None = None, sample_in_hook: bool = False):
     task.scheduler = lambda opt, total: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.5)
     if calls is not None:
         def after_eval(model, step, metrics):
-            assert not model.training and torch.is_inference_mode_enabled()
+            assert not model.training and not torch.is_grad_enabled()
             if sample_in_hook:
                 torch.randn(100)  # a hook that samples (generation) must not change training
             calls.append(("eval", step, sorted(metrics)))
