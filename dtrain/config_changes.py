@@ -63,7 +63,11 @@ def describe(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     lines = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
-        if a != b:
+        if key.startswith("data.") and isinstance(a, dict) and isinstance(b, dict):  # a sharded data set
+            from dtrain.shards import describe_data
+
+            lines += [f"{key}: {change}" for change in describe_data(a, b)]
+        elif a != b:
             lines.append(f"{key} {'(unset)' if a is missing else _show(a)} -> {'(unset)' if b is missing else _show(b)}")
     return lines
 
@@ -122,4 +126,5 @@ def check_before_start(cfg: RunConfig) -> None:
         recorded = load_file(path / "train_state.pt", meta.get("sha256", {}).get("train_state.pt")).get("config")
     except (CheckpointError, AttributeError):
         return
+    recorded = {k: v for k, v in (recorded or {}).items() if not k.startswith("data.")}  # the trainer checks data
     check_resume(path, recorded, result_settings(cfg), False, True)

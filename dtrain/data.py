@@ -18,6 +18,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from dtrain.dist import DistState
 
 
+BLOCK_ORDER_ABOVE = 1 << 24
+"""Training sets larger than this (16M samples) are shuffled by blocks: a full randperm would hold 8
+bytes per sample on every rank (8 GB at a billion)."""
+
+
 class TrainSampler(Sampler[int]):
     """Shuffled, rank-strided and resumable at a global sample position.
 
@@ -29,12 +34,16 @@ class TrainSampler(Sampler[int]):
     sample is duplicated to pad.
     """
 
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True,
+                 block_order: bool = False):
         self.num_samples = num_samples
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
         self.shuffle = shuffle
+        self.block_order = block_order
+        """A BlockShuffle order (memory per block, not per sample) instead of a full randperm: for sharded
+        data sets and anything above BLOCK_ORDER_ABOVE samples."""
         self.epoch = 0
         self.start = 0  # global position in this epoch's permutation
 
@@ -54,6 +63,11 @@ class TrainSampler(Sampler[int]):
         return self.per_rank()
 
     def __iter__(self) -> Iterator[int]:
+        if self.shuffle and self.block_order:
+            from dtrain.shards import BlockShuffle
+
+            return BlockShuffle(self.num_samples, self.seed, self.epoch).positions(self.start + self.rank,
+                                                                                 self.world_size, self.end())
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=g)

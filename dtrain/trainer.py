@@ -19,6 +19,7 @@ from dtrain.checkpoint import CheckpointError, CheckpointManager, restore_rng
 from dtrain.config import RunConfig, to_dict
 from dtrain.config_changes import check_resume, record_config, result_settings
 from dtrain.data import (
+    BLOCK_ORDER_ABOVE,
     EvalSampler,
     TrainSampler,
     accumulation_windows,
@@ -66,7 +67,8 @@ class Trainer:
         if workers == "auto":
             workers = 2 if self.device.type == "cuda" else 0
         n_train = len(task.train_data)
-        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed)
+        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed,
+                                    block_order=getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE)
         if self.sampler.per_rank() == 0:
             raise ValueError(f"the training set has {n_train} samples, fewer than the {dist.world_size} ranks")
         self.loader = make_loader(task.train_data, self.sampler, tc.batch_size, dist, workers, task.collate_fn)
@@ -118,6 +120,9 @@ class Trainer:
         self._window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self._window_n = 0
         self.settings = result_settings(cfg)
+        for name, data in (("data.train", task.train_data), ("data.val", task.val_data)):
+            if callable(getattr(data, "fingerprint", None)):  # a sharded data set: a resume on other data is refused
+                self.settings[name] = data.fingerprint()
         self.setup_memory = memory_peaks(self.device)  # model built, sharded and placed; optimizer made
 
     # ================================================================== the loop

@@ -1,0 +1,97 @@
+"""Sharded sources read lazily by byte offset, and a shuffle that never holds n numbers (issue 14)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dtrain.shards import BlockShuffle, ShardedDataset, ShardError
+
+
+def _write(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = [{"text": f"ticket {i}" + (", with a comma" if i % 3 == 0 else ""), "label": f"l{i % 4}"} for i in range(7)]
+    (d / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:4]) + "\n\n")  # a blank line at the end
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["text", "label"])
+    w.writeheader()
+    w.writerows([*rows[4:], {"text": 'two\nlines and "quotes"', "label": "l9"}])
+    (d / "b.csv").write_text(buf.getvalue())
+    (d / "c.txt").write_text("first line\nsecond line")  # no newline at the end
+    return d, rows
+
+
+def test_random_access_equals_reading_every_shard_in_order(tmp_path):
+    d, rows = _write(tmp_path)
+    ds = ShardedDataset(d, cache_dir=tmp_path / "cache")
+    expected = rows[:4] + rows[4:] + [{"text": 'two\nlines and "quotes"', "label": "l9"}] + \
+        [{"text": "first line"}, {"text": "second line"}]
+    assert len(ds) == len(expected) == 10
+    assert [ds[i] for i in (9, 0, 7, 3, 5)] == [expected[i] for i in (9, 0, 7, 3, 5)]  # any order
+    assert [ds[i] for i in range(len(ds))] == expected
+    assert ds.fingerprint()["shards"] == [["a.jsonl", (d / "a.jsonl").stat().st_size, 4],
+                                          ["b.csv", (d / "b.csv").stat().st_size, 4], ["c.txt", 22, 2]]
+
+
+def test_the_index_is_built_once_and_rebuilt_when_a_shard_changes(tmp_path):
+    d, _ = _write(tmp_path)
+    cache = tmp_path / "cache"
+    ShardedDataset(d, cache_dir=cache)
+    index = next(cache.glob("a.jsonl.*.idx.npy"))
+    built = index.stat().st_mtime_ns
+    assert len(ShardedDataset(d, cache_dir=cache)) == 10 and index.stat().st_mtime_ns == built  # reused
+    with open(d / "a.jsonl", "a") as f:
+        f.write(json.dumps({"text": "new", "label": "l0"}) + "\n")
+    ds = ShardedDataset(d, cache_dir=cache)
+    assert len(ds) == 11 and ds[4] == {"text": "new", "label": "l0"}
+
+
+def test_bad_shards_are_one_line_naming_shard_and_row(tmp_path):
+    d, _ = _write(tmp_path)
+    (d / "d.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\nnot json\n')
+    ds = ShardedDataset(d, cache_dir=tmp_path / "cache")
+    with pytest.raises(ShardError, match=r"d.jsonl row 2: not UTF-8 \(byte 0xe9\)"):
+        ds[11]
+    with pytest.raises(ShardError, match=r"d.jsonl row 3: not a JSON object"):
+        ds[12]
+    (d / "d.jsonl").unlink()
+    with pytest.raises(ShardError, match=r"d.jsonl: cannot be read .*moved or deleted"):
+        ds[11]
+    (d / "c.txt").write_text("first line\nsecond line, longer now\n")
+    with pytest.raises(ShardError, match=r"c.txt changed since it was indexed"):
+        ds[9]
+    (d / "e.csv").write_text('text,label\n"never closed,l1\n')
+    with pytest.raises(ShardError, match=r"e.csv: a quoted field opened at byte 11 is never closed"):
+        ShardedDataset(d / "e.csv", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("n, block, window", [(1, 4, 2), (10, 4, 2), (1000, 64, 3), (4097, 512, 8), (64, 64, 1)])
+def test_block_shuffle_is_a_permutation_fixed_by_seed_and_epoch(n, block, window):
+    order = BlockShuffle(n, seed=3, epoch=1, block=block, window=window)
+    seen = [order[p] for p in range(n)]
+    assert sorted(seen) == list(range(n))
+    assert seen == [BlockShuffle(n, seed=3, epoch=1, block=block, window=window)[p] for p in range(n)]
+    if n >= 1000:
+        assert seen != [BlockShuffle(n, seed=3, epoch=2, block=block, window=window)[p] for p in range(n)]
+        assert seen != list(range(n))
+    # rank r of W reads positions r, r + W, ...: together the ranks read the epoch once
+    world = 3
+    parts = [list(order.positions(r, world)) for r in range(world)]
+    assert sorted(i for part in parts for i in part) == list(range(n))
+
+
+def test_block_shuffle_of_a_billion_samples_holds_no_billion_numbers():
+    n = 1_000_000_000
+    order = BlockShuffle(n, seed=0, epoch=0)  # 65536-sample blocks, windows of 8
+    held = order.blocks.nbytes + order.window_ends.nbytes
+    assert held < 200_000  # bytes: ~15k block numbers, not 8 GB of indices
+    first, last = order[0], order[n - 1]
+    assert 0 <= first < n and 0 <= last < n and order._cached[1].nbytes <= 8 * 65536 * 8  # one window
+    assert isinstance(order[123_456_789], int)
+    assert np.unique([order[p] for p in range(0, 2000)]).size == 2000
