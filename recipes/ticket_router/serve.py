@@ -164,14 +164,14 @@ class Router:
 
             self._logits = logits
         else:
-            raise FileNotFoundError(
+            raise TicketDataError(
                 f"{source} is neither an exported model (dtrain_export.json) nor a run directory (config.yaml)"
             )
 
     def __call__(self, texts: Sequence[str]) -> list[dict]:
         for i, text in enumerate(texts, 1):
             if not text or not text.strip():
-                raise ValueError(f"ticket {i} is empty; give the ticket's text")
+                raise TicketDataError(f"ticket {i} is empty; give the ticket's text")
         out = []
         for feeds in _batches(texts, self.tokenizer, self.max_length):
             logits = self._logits(feeds)

@@ -22,13 +22,17 @@ def load_digits_tensors(channels: int = 1) -> tuple[torch.Tensor, torch.Tensor, 
     return images, labels, [str(c) for c in digits.target_names]
 
 
+class ImageDataError(ValueError):
+    """An image folder or image that cannot be used; the message names it."""
+
+
 class ImageFolder(Dataset):
     """root/<class>/*.png|jpg, decoded lazily with Pillow (so DataLoader workers share the work)."""
 
     def __init__(self, root: str | Path, image_size: int, channels: int):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"task.root: {self.root} is not a directory; expected root/<class>/*.png|jpg")
+            raise ImageDataError(f"task.root: {self.root} is not a directory; expected root/<class>/*.png|jpg")
         self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
         self.files: list[Path] = []
         self.labels: list[int] = []
@@ -38,7 +42,7 @@ class ImageFolder(Dataset):
                     self.files.append(f)
                     self.labels.append(label)
         if len(self.classes) < 2 or not self.files:
-            raise ValueError(
+            raise ImageDataError(
                 f"task.root: {self.root} needs at least 2 class folders with .png/.jpg images "
                 f"(found {len(self.classes)} folders, {len(self.files)} images)"
             )
@@ -56,6 +60,6 @@ class ImageFolder(Dataset):
                 im = im.convert(self.mode).resize((self.size, self.size), Image.BILINEAR)
                 data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"unreadable image {self.files[i]}: {exc}") from None
+            raise ImageDataError(f"unreadable image {self.files[i]}: {exc}") from None
         image = data.view(self.size, self.size, -1).permute(2, 0, 1).float() / 127.5 - 1.0
         return image, self.labels[i]
