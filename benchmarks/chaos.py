@@ -62,7 +62,7 @@ def child_env(**extra: str) -> dict[str, str]:
     drop = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", **extra)
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", PYTHONFAULTHANDLER="1", **extra)
     return env
 
 
@@ -83,8 +83,18 @@ class Job:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # A hung job: every process prints its Python stacks into the log (faulthandler, on SIGABRT)
+            # before it is killed, so the trial's log says where it stood.
+            for pid in [self.proc.pid, *self.ranks()]:
+                try:
+                    os.kill(pid, signal.SIGABRT)
+                except ProcessLookupError:
+                    pass
+            time.sleep(3)
             self.kill_all()
             self.proc.wait()
+            with open(self.log, "a") as f:
+                f.write(f"[chaos] no exit within {timeout:g}s: stacks above, then killed\n")
             return -999
 
     def ranks(self) -> list[int]:
