@@ -99,14 +99,18 @@ class Shard:
 
     def read(self, row: int) -> dict[str, Any]:
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        # Opened per read, not held: a directory of thousands of shards would exhaust the descriptors of
+        # every DataLoader worker. One fstat on that descriptor checks it is still the indexed file.
         try:
-            with open(self.path, "rb") as f:
-                f.seek(start)
-                raw = f.read(end - start)
+            fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise ShardError(f"{self.path}: cannot be read ({exc.strerror}); was it moved or deleted?") from None
-        if len(raw) != end - start or os.path.getsize(self.path) != self.size:
-            raise ShardError(f"{self.path} changed since it was indexed (row {row + 1}); restart to re-index it")
+        try:
+            if os.fstat(fd).st_size != self.size:
+                raise ShardError(f"{self.path} changed since it was indexed (row {row + 1}); restart to re-index it")
+            raw = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
