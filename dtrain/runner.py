@@ -24,8 +24,8 @@ TaskSource = Callable[[BuildContext], Task]
 
 @dataclass
 class FitResult:
-    model: nn.Module
-    """The trained model, unwrapped from DDP/DeepSpeed (under fsdp: its sharded form)."""
+    model: nn.Module | None
+    """The trained model, unwrapped from DDP/DeepSpeed (under fsdp: its sharded form); None from `train`."""
     metrics: dict[str, Any]
     """The last evaluation's metrics."""
     run_dir: Path
@@ -33,7 +33,7 @@ class FitResult:
 
 def train(cfg: RunConfig) -> dict[str, float]:
     """Train `cfg` with its recipe in this process (as the only rank, or one rank of torchrun / srun)."""
-    return _run(cfg, None).metrics
+    return _run(cfg, None, keep_model=False).metrics
 
 
 def fit(task: Task | TaskSource, config: str | Path | dict | RunConfig | None = None,
@@ -50,10 +50,10 @@ def fit(task: Task | TaskSource, config: str | Path | dict | RunConfig | None = 
         cfg = load_config(None, list(overrides), raw=dict(config or {}), task_in_code=True)
     else:
         cfg = load_config(config, list(overrides), task_in_code=True)
-    return _run(cfg, task)
+    return _run(cfg, task, keep_model=True)
 
 
-def _run(cfg: RunConfig, task: Task | TaskSource | None) -> FitResult:
+def _run(cfg: RunConfig, task: Task | TaskSource | None, keep_model: bool) -> FitResult:
     # First: joining the group may already touch the GPU, and cuBLAS reads its setting only once.
     configure_kernels(cfg.train.deterministic, cfg.train.tf32, cfg.train.cudnn_benchmark)
     env = read_env()
@@ -65,7 +65,11 @@ def _run(cfg: RunConfig, task: Task | TaskSource | None) -> FitResult:
         with hold(cfg.output_dir) if ds.is_main else contextlib.nullcontext():
             trainer = build_trainer(cfg, ds, task)
             metrics = trainer.fit()
-            return FitResult(trainer.model, metrics, Path(cfg.output_dir))
+            model = trainer.model if keep_model else None
+            # The Trainer (DDP's reducer, the strategy's groups; the model too unless asked for) must go
+            # while the process group still exists: freed after it, gloo's teardown can hang the process.
+            del trainer
+    return FitResult(model, metrics, Path(cfg.output_dir))
 
 
 def build_trainer(cfg: RunConfig, ds: DistState, task: Task | TaskSource | None = None) -> Trainer:
