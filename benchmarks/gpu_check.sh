@@ -13,11 +13,15 @@
 # Budget: about 8 minutes on one H200 with 16 cores (GPU_CHECK_BUDGET_S, 480): training runs past 330 s
 # are skipped and say so; what is left times the mlp step against the raw loop and the peers
 # (benchmarks/step_time.py, its own report beside this one). Exit code: 0 when nothing failed.
+# GPU_CHECK_PARTS (tests,runs,steps): a second call in the same lease repeats only the parts a fix touched,
+# and then the training runs get the whole budget.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 [ "${1:-}" = "--dry" ] && DRY=1
 PY=${PYTHON:-python3}
+PARTS=${GPU_CHECK_PARTS:-tests,runs,steps}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 # cuBLAS reads its workspace setting once, at its first call: set here for the deterministic resume checks.
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}
 
@@ -52,7 +56,7 @@ start=$(date +%s)
 } > "$file"
 
 rc=0
-if [ "$DRY" -eq 0 ]; then
+if [ "$DRY" -eq 0 ] && part tests; then
     echo "gpu_check: gpu-marked tests"
     { echo; echo '## gpu-marked tests'; echo '```'; } >> "$file"
     timeout 240 $PY -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -n 25 >> "$file"
@@ -60,16 +64,19 @@ if [ "$DRY" -eq 0 ]; then
     echo '```' >> "$file"
 fi
 
-echo "gpu_check: training runs"
 total=${GPU_CHECK_BUDGET_S:-480}
-budget=$(( total * 330 / 480 - ($(date +%s) - start) ))
-GPU_CHECK_BUDGET_S=$budget $PY -m torch.distributed.run --standalone --nproc-per-node 1 benchmarks/gpu_check.py \
-    --out "$work/runs" $([ "$DRY" -eq 1 ] && echo --dry) ${GPU_CHECK_ONLY:+--only "$GPU_CHECK_ONLY"} \
-    > "$work/runs.log" 2>&1 || rc=1
-{ echo; cat "$work/runs/gpu_check.md" 2>/dev/null || { echo "## training runs: no report"; echo '```'; tail -n 40 "$work/runs.log"; echo '```'; }; } >> "$file"
-[ -f "$work/runs/gpu_check.json" ] && cp "$work/runs/gpu_check.json" "${file%.md}.json"
+if part runs; then
+    echo "gpu_check: training runs"
+    share=$(part steps && [ "$DRY" -eq 0 ] && echo 330 || echo 480)
+    budget=$(( total * share / 480 - ($(date +%s) - start) ))
+    GPU_CHECK_BUDGET_S=$budget $PY -m torch.distributed.run --standalone --nproc-per-node 1 benchmarks/gpu_check.py \
+        --out "$work/runs" $([ "$DRY" -eq 1 ] && echo --dry) ${GPU_CHECK_ONLY:+--only "$GPU_CHECK_ONLY"} \
+        > "$work/runs.log" 2>&1 || rc=1
+    { echo; cat "$work/runs/gpu_check.md" 2>/dev/null || { echo "## training runs: no report"; echo '```'; tail -n 40 "$work/runs.log"; echo '```'; }; } >> "$file"
+    [ -f "$work/runs/gpu_check.json" ] && cp "$work/runs/gpu_check.json" "${file%.md}.json"
+fi
 
-if [ "$DRY" -eq 0 ]; then
+if [ "$DRY" -eq 0 ] && part steps; then
     left=$(( total - ($(date +%s) - start) ))
     if [ "$left" -gt 90 ]; then
         echo "gpu_check: step time (mlp) vs the raw loop and the peers, ${left}s left"

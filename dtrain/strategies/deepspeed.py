@@ -84,6 +84,30 @@ def _merge(ours: dict, raw: dict, prefix: str, problems: list[str], source: str)
     return out
 
 
+def _autocast_inside(module: nn.Module, autocast) -> None:
+    """dtrain's autocast around `module`'s own forward, inside the engine's.
+
+    The engine's forward turns off any autocast it did not configure itself (its `torch_autocast` section),
+    on a GPU only (it asks `torch.is_autocast_enabled()`, CUDA's): its bf16/fp16 modes keep 16-bit weights,
+    which then met fp32 inputs ("mat1 and mat2 must have the same dtype", the first H200 check) and would run
+    softmax and norms in 16 bits. dtrain's autocast inside keeps the precision every other strategy has."""
+    import functools
+
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def forward_in_autocast(*args, **kwargs):
+        with autocast():
+            return forward(*args, **kwargs)
+
+    module.forward = forward_in_autocast
+    # DeepSpeed warns once that it switched the outer autocast off; inside, dtrain's is on again.
+    from deepspeed.runtime import torch_autocast
+
+    if hasattr(torch_autocast, "_WARNED_NESTED_AUTOCAST"):
+        torch_autocast._WARNED_NESTED_AUTOCAST = True
+
+
 # Classes DeepSpeed's own checkpoint files hold besides tensors and containers (found by loading them
 # with weights_only=True); only these are rebuilt, nothing is unpickled.
 def _safe_globals() -> list:
@@ -140,6 +164,8 @@ class DeepSpeedStrategy(Strategy):
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=self.ds_config,
                                                dist_init_required=False)
         self.engine = engine
+        if self.precision.dtype is not None:
+            _autocast_inside(engine.module, self.precision.autocast)
         self.model = engine.module
         self.train_model = engine
         self.lockstep_eval = self.cfg.deepspeed.stage == 3  # stage 3 gathers parameters in forward
@@ -249,6 +275,8 @@ class DeepSpeedStrategy(Strategy):
         self._copy_from_source(self.engine.module, weights, stage3=self.cfg.deepspeed.stage == 3)
 
     def close(self) -> None:
+        # The model may outlive the run (dtrain.fit hands it back): its own forward again, no autocast.
+        self.engine.module.__dict__.pop("forward", None)
         self.engine.destroy()
         # DeepSpeed caches the process groups it made (world, data parallel...) in module globals; dtrain
         # destroys the groups after the run, so the next run in this process would meet dead ones
