@@ -4,12 +4,17 @@ Training order is one permutation of the whole data set per epoch, seeded by (se
 same on every rank; rank r takes every world_size-th index of it. The samples of global optimizer
 step s are therefore the same set whatever the world size and accumulation, which is what makes
 2 ranks x accumulation 2 equal 1 rank x accumulation 4.
+
+Per-sample randomness (augmentation) follows the same rule: a training sample is fetched with a seed of
+(run seed, epoch, sample index) in reach (`sample_seed`, `sample_rng`), so the stream of (sample,
+augmentation) does not depend on how many ranks or DataLoader workers drew it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -35,7 +40,7 @@ class TrainSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True,
-                 block_order: bool = False):
+                 block_order: bool = False, keyed: bool = False):
         self.num_samples = num_samples
         self.rank = rank
         self.world_size = world_size
@@ -44,6 +49,9 @@ class TrainSampler(Sampler[int]):
         self.block_order = block_order
         """A BlockShuffle order (memory per block, not per sample) instead of a full randperm: for sharded
         data sets and anything above BLOCK_ORDER_ABOVE samples."""
+        self.keyed = keyed
+        """Yield (index, epoch) keys for `SeededSamples` instead of bare indices: the epoch must travel with
+        each index, since DataLoader workers outlive epochs and hold their own copy of the data set."""
         self.epoch = 0
         self.start = 0  # global position in this epoch's permutation
 
@@ -62,7 +70,14 @@ class TrainSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.per_rank()
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
+        indices = self._indices()
+        if not self.keyed:
+            return indices
+        epoch = self.epoch
+        return ((i, epoch) for i in indices)
+
+    def _indices(self) -> Iterator[int]:
         if self.shuffle and self.block_order:
             from dtrain.shards import BlockShuffle
 
@@ -75,6 +90,58 @@ class TrainSampler(Sampler[int]):
             order = torch.arange(self.num_samples)
         mine = order[self.start : self.end()][self.rank :: self.world_size]
         return iter(mine.tolist())
+
+
+_SAMPLE_SEED: ContextVar[int | None] = ContextVar("dtrain_sample_seed", default=None)
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed from (seed, epoch, index): splitmix64's finaliser over each part in turn, so nearby
+    indices (and epochs) get unrelated streams."""
+    h = 0
+    for part in (seed, epoch, index):
+        h = (h ^ (part & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+def sample_seed() -> int | None:
+    """While dtrain fetches a training sample (in `Dataset.__getitem__`, in any DataLoader worker): the seed
+    of this sample's randomness, from (run seed, epoch, sample index) alone, so a resume on another number
+    of ranks or workers draws the same augmentation for it. None outside a training fetch (evaluation, a
+    direct call): then apply no random augmentation."""
+    return _SAMPLE_SEED.get()
+
+
+def sample_rng() -> torch.Generator | None:
+    """`sample_seed()` as a CPU torch.Generator (None outside a training fetch)."""
+    seed = _SAMPLE_SEED.get()
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+class SeededSamples(Dataset):
+    """The training set as its loader reads it: each (index, epoch) key from a keyed TrainSampler is
+    fetched with its sample seed set (`sample_seed`); a bare index (the sanity evaluation) without."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, epoch = key
+        token = _SAMPLE_SEED.set(mix_seed(self.seed, epoch, index))
+        try:
+            return self.dataset[index]
+        finally:
+            _SAMPLE_SEED.reset(token)
 
 
 class EvalSampler(Sampler[int]):

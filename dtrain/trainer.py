@@ -21,6 +21,7 @@ from dtrain.config_changes import check_resume, record_config, result_settings
 from dtrain.data import (
     BLOCK_ORDER_ABOVE,
     EvalSampler,
+    SeededSamples,
     TrainSampler,
     accumulation_windows,
     batch_len,
@@ -68,10 +69,12 @@ class Trainer:
             workers = 2 if self.device.type == "cuda" else 0
         n_train = len(task.train_data)
         self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed,
-                                    block_order=getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE)
+                                    block_order=getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE,
+                                    keyed=True)
         if self.sampler.per_rank() == 0:
             raise ValueError(f"the training set has {n_train} samples, fewer than the {dist.world_size} ranks")
-        self.loader = make_loader(task.train_data, self.sampler, tc.batch_size, dist, workers, task.collate_fn)
+        self.loader = make_loader(SeededSamples(task.train_data, cfg.seed), self.sampler, tc.batch_size, dist,
+                                  workers, task.collate_fn)
         self.batches_per_epoch = len(micro_batch_sizes(self.sampler.per_rank(), tc.batch_size))
         self.steps_per_epoch = -(-self.batches_per_epoch // tc.grad_accum_steps)
         self.total_steps = tc.epochs * self.steps_per_epoch

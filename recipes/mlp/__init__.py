@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dtrain.data import sample_rng
 from dtrain.recipe import BuildContext, Task
 
 
@@ -26,7 +27,7 @@ class Config:
     num_classes: int = 4
     dropout: float = 0.0
     input_noise: float = 0.0
-    """Std of Gaussian noise added to training inputs (an augmentation drawn from the global RNG)."""
+    """Std of Gaussian noise added to training inputs (drawn per sample from its own seed: sample_rng)."""
     data_seed: int = 1234
     """Seed of the generated data set (fixed, so runs with different `seed`s share the data)."""
 
@@ -63,16 +64,28 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class Noisy(torch.utils.data.Dataset):
+    """Training inputs with Gaussian noise drawn from each sample's own seed (dtrain's sample_rng: run seed,
+    epoch, sample index), so a resume on another number of ranks or workers sees the same noisy stream."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, scale: float):
+        self.x, self.y, self.scale = x, y, scale
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        rng = sample_rng()
+        if rng is None:  # not a training fetch
+            return self.x[i], self.y[i]
+        return self.x[i] + self.scale * torch.randn(self.x[i].shape, generator=rng), self.y[i]
+
+
 def build(cfg: Config, ctx: BuildContext) -> Task:
     x, y = make_data(cfg)
-    train = torch.utils.data.TensorDataset(x[: cfg.num_train], y[: cfg.num_train])
+    train = (Noisy(x[: cfg.num_train], y[: cfg.num_train], cfg.input_noise) if cfg.input_noise
+             else torch.utils.data.TensorDataset(x[: cfg.num_train], y[: cfg.num_train]))
     val = torch.utils.data.TensorDataset(x[cfg.num_train :], y[cfg.num_train :])
-
-    def augment(batch):
-        if cfg.input_noise == 0:
-            return batch
-        inputs, labels = batch
-        return inputs + cfg.input_noise * torch.randn_like(inputs), labels
 
     return Task(
         model=lambda: MLP(cfg),  # built where the strategy wants it (whole on rank 0 only for fsdp)
@@ -89,7 +102,6 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
             "accuracy": (s["correct"] / s["count"]).item(),
             "macro_recall": (s["confusion"].diag() / s["confusion"].sum(1).clamp(min=1)).mean().item(),
         },
-        train_transform=augment,
         # strategy fsdp: each Linear layer is one unit (the GELU/Dropout between them hold no parameters)
         shard_units=lambda m: [layer for layer in m.net if isinstance(layer, nn.Linear)],
     )

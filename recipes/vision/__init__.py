@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from dtrain.data import stratified_split
+from dtrain.data import sample_rng, stratified_split
 from dtrain.recipe import BuildContext, Task
 from recipes.vision.data import ImageFolder, load_digits_tensors
 from recipes.vision.model import ResNet
@@ -52,17 +52,36 @@ class Config:
         return bad
 
 
-def random_crop(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """Shift each image by up to `pad` pixels (zero fill). Draws from the global torch RNG."""
+def random_crop(images: torch.Tensor, pad: int, shifts: torch.Tensor) -> torch.Tensor:
+    """Shift each image by its (dy, dx) in [0, 2 * pad] minus pad (zero fill), on the images' device."""
     n, c, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
+    dy, dx = shifts[:, 0], shifts[:, 1]
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
     chans = torch.arange(c, device=images.device)[None, :, None, None]
     return padded[batch, chans, rows, cols]
+
+
+class Shifted(torch.utils.data.Dataset):
+    """Training images with their crop offsets, drawn from each sample's own seed (dtrain's sample_rng: run
+    seed, epoch, sample index) in the loader's workers: a sample gets the same crop whatever the number of
+    ranks or workers, so a resume on another topology continues the very stream. The crop itself runs on
+    the device, batched (train_transform)."""
+
+    def __init__(self, base: torch.utils.data.Dataset, pad: int):
+        self.base, self.pad = base, pad
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        rng = sample_rng()
+        if rng is None:  # not a training fetch: no shift
+            return image, label, torch.full((2,), self.pad)
+        return image, label, torch.randint(0, 2 * self.pad + 1, (2,), generator=rng)
 
 
 def preflight(cfg: Config) -> None:
@@ -98,12 +117,14 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         return {"accuracy": (sums["correct"] / sums["count"]).item()}
 
     def augment(batch):
-        images, labels = batch
-        return (random_crop(images, cfg.crop_padding), labels) if cfg.crop_padding else batch
+        if not cfg.crop_padding:
+            return batch
+        images, labels, shifts = batch
+        return random_crop(images, cfg.crop_padding, shifts), labels
 
     return Task(
         model=model,
-        train_data=train_data,
+        train_data=Shifted(train_data, cfg.crop_padding) if cfg.crop_padding else train_data,
         val_data=val_data,
         loss_fn=loss_fn,
         eval_stats=eval_stats,
