@@ -1,7 +1,8 @@
-"""Sharded data sets larger than memory: a directory or glob of JSONL, CSV or plain-text shards, read
-lazily. A one-time index per shard (the byte offset of every row, cached beside the data's user in
-`cache_dir`, memory-mapped, rebuilt when the shard's size or mtime changes) gives random access to
-sample i without reading the ones before it; a process holds no more than the pages it touches.
+"""Sharded data sets larger than memory: a directory or glob of JSONL, CSV, Parquet or plain-text shards,
+read lazily. A one-time index per shard (the byte offset of every row, cached beside the data's user in
+`cache_dir`, memory-mapped, rebuilt when the shard's size or mtime changes; for Parquet, the row groups'
+row counts from the file's own footer) gives random access to sample i without reading the ones before
+it; a process holds no more than the pages it touches (Parquet: a few decoded row groups).
 
 `ShardedDataset` is an ordinary map-style `Dataset`, so the samplers, DataLoader workers and checkpoints
 work with it as with an in-memory list. `BlockShuffle` is a permutation of its indices for (seed, epoch)
@@ -10,6 +11,7 @@ held in memory proportional to the number of blocks and one window, not to the n
 
 from __future__ import annotations
 
+import array
 import csv
 import glob
 import hashlib
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 INDEX_VERSION = 1
-KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text"}
+KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}
 
 
 class ShardError(ValueError):
@@ -35,7 +37,7 @@ def _row_starts(path: Path, kind: str) -> tuple[np.ndarray, bytes | None]:
     """Byte offsets of every row's start plus the end of the last one (n + 1 numbers), and the CSV
     header line. Blank lines are no rows. CSV rows may span lines inside quotes (RFC 4180): a row ends
     at a newline only where the quotes so far are balanced."""
-    starts: list[int] = []
+    starts = array.array("q")  # 8 bytes a row while indexing (a list would hold ~36 per row)
     header: bytes | None = None
     wants_header = kind == "csv"
     pos, open_quotes, row_start, header_parts = 0, False, None, []
@@ -62,14 +64,14 @@ def _row_starts(path: Path, kind: str) -> tuple[np.ndarray, bytes | None]:
     if row_start is not None:  # a last row without a newline
         starts.append(row_start)
     starts.append(pos)
-    return np.asarray(starts, dtype=np.int64), header
+    return np.frombuffer(starts, dtype=np.int64), header
 
 
 class Shard:
     """One file, its rows found through a cached offset index."""
 
-    def __init__(self, path: Path, kind: str, cache_dir: Path):
-        self.path, self.kind = path, kind
+    def __init__(self, path: Path, kind: str, cache_dir: Path, columns: list[str] | None = None):
+        self.path, self.kind, self.columns = path, kind, columns
         st = path.stat()
         self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
         key = hashlib.sha1(f"{path.resolve()}".encode()).hexdigest()[:16]
@@ -96,6 +98,8 @@ class Shard:
         self.offsets = np.load(self.index_path, mmap_mode="r")  # paged in as touched, not held
         self.rows = len(self.offsets) - 1
         self._columns = next(csv.reader([self.header.lstrip("\ufeff")])) if kind == "csv" and self.header else None
+        if kind == "csv" and columns:
+            _check_columns(path, columns, self._columns or [])
 
     def read(self, row: int) -> dict[str, Any]:
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
@@ -123,6 +127,8 @@ class Shard:
                 raise ShardError(f"{self.path} row {row + 1}: not a JSON object ({exc})") from None
             if not isinstance(record, dict):
                 raise ShardError(f"{self.path} row {row + 1}: expected a JSON object, got {type(record).__name__}")
+            if self.columns:
+                _check_columns(self.path, self.columns, record, f" row {row + 1}")
             return record
         if self.kind == "csv":
             values = next(csv.reader(io.StringIO(text)))
@@ -133,25 +139,87 @@ class Shard:
         return {"text": text.rstrip("\r\n")}
 
 
+def _check_columns(path: Path, wanted: list[str], present, where: str = "") -> None:
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        raise ShardError(f"{path}{where}: no column {missing[0]!r} (it has {', '.join(map(str, present)) or 'none'}); "
+                         "fix the shard or name the column the data has")
+
+
+class ParquetShard:
+    """One Parquet file: rows found through its row groups (their row counts are in the file's footer, so
+    no index is built). A read decodes the row's whole row group, and the last few decoded are kept:
+    shuffled reads stay cheap when row groups are small (up to ~100k rows; set `row_group_size` when
+    writing) and the block shuffle keeps reads within a window of blocks."""
+
+    kind = "parquet"
+
+    def __init__(self, path: Path, columns: list[str] | None = None, keep: int = 4):
+        self.path, self.columns, self.keep = path, columns, keep
+        st = path.stat()
+        self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
+        meta = self._open().metadata
+        names = meta.schema.names
+        if columns:
+            _check_columns(path, columns, names)
+        self.ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+        self.rows = int(self.ends[-1]) if len(self.ends) else 0
+        self._groups: dict[int, Any] = {}  # row group -> decoded table, oldest first
+
+    def _open(self):
+        import pyarrow
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.path)
+        except (OSError, pyarrow.ArrowException) as exc:
+            raise ShardError(f"{self.path}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
+                             "a truncated or unfinished shard?") from None
+
+    def read(self, row: int) -> dict[str, Any]:
+        g = int(np.searchsorted(self.ends, row, side="right"))
+        table = self._groups.pop(g, None)
+        if table is None:
+            try:
+                size = os.stat(self.path).st_size
+            except OSError as exc:
+                raise ShardError(f"{self.path}: cannot be read ({exc.strerror}); was it moved or deleted?") from None
+            if size != self.size:
+                raise ShardError(f"{self.path} changed since it was indexed (row {row + 1}); restart to re-index it")
+            # Opened per row group, not held (thousands of shards, every worker); the file is not mapped.
+            table = self._open().read_row_group(g, columns=self.columns)
+            if len(self._groups) >= self.keep:
+                self._groups.pop(next(iter(self._groups)))
+        self._groups[g] = table
+        first = int(self.ends[g - 1]) if g else 0
+        return table.slice(row - first, 1).to_pylist()[0]
+
+    def __getstate__(self):  # a worker starts with no decoded groups (they can be large)
+        return {**self.__dict__, "_groups": {}}
+
+
 class ShardedDataset(Dataset):
     """Every row of every shard matched by `source` (a directory, a glob, a file, or a list of them),
     shards in sorted order, rows in file order: sample i is a dict (JSONL object, CSV row by header,
-    {"text": line}). The Trainer shuffles it by blocks (`block_order`) and records its `fingerprint` in
+    Parquet row by column, {"text": line}). The Trainer shuffles it by blocks (`block_order`) and records its `fingerprint` in
     every checkpoint: a resume on changed data is refused, naming the shard."""
 
     block_order = True
 
-    def __init__(self, source: str | Path | list, cache_dir: str | Path | None = None):
+    def __init__(self, source: str | Path | list, cache_dir: str | Path | None = None,
+                 columns: list[str] | None = None):
+        """`columns`: the keys every sample must have (checked per file for CSV and Parquet, per row for
+        JSONL, a missing one named with its shard); Parquet reads only these."""
         files = _expand(source)
         if not files:
-            raise ShardError(f"no JSONL, CSV or .txt shards found at {source}")
+            raise ShardError(f"no JSONL, CSV, Parquet or .txt shards found at {source}")
         cache = Path(cache_dir) if cache_dir else files[0].parent / ".dtrain-index"
-        self.shards = []
+        self.shards: list[Shard | ParquetShard] = []
         for path in files:
             kind = KINDS.get(path.suffix.lower())
             if kind is None:
-                raise ShardError(f"{path}: unknown shard kind (use .jsonl, .csv or .txt)")
-            self.shards.append(Shard(path, kind, cache))
+                raise ShardError(f"{path}: unknown shard kind (use .jsonl, .csv, .parquet or .txt)")
+            self.shards.append(ParquetShard(path, columns) if kind == "parquet" else Shard(path, kind, cache, columns))
         self.ends = np.cumsum([s.rows for s in self.shards])
 
     def __len__(self) -> int:

@@ -71,6 +71,40 @@ def test_bad_shards_are_one_line_naming_shard_and_row(tmp_path):
         ShardedDataset(d / "e.csv", cache_dir=tmp_path / "cache")
 
 
+def test_parquet_shards_read_any_row_through_their_row_groups(tmp_path):
+    pa = pytest.importorskip("pyarrow")  # in dtrain[dev]: installed wherever `make test` runs
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "pq"
+    d.mkdir()
+    rows = [{"text": f"t{i}", "label": i % 3, "score": i / 10} for i in range(25)]
+    pq.write_table(pa.Table.from_pylist(rows[:17]), d / "a.parquet", row_group_size=5)  # 4 row groups
+    pq.write_table(pa.Table.from_pylist(rows[17:]), d / "b.parquet")
+    ds = ShardedDataset(d, columns=["text", "label"])  # only these columns are read
+    assert len(ds) == 25
+    want = [{"text": r["text"], "label": r["label"]} for r in rows]
+    order = np.random.default_rng(0).permutation(25).tolist()
+    assert [ds[i] for i in order] == [want[i] for i in order]
+    assert ds.fingerprint()["shards"][0] == ["a.parquet", (d / "a.parquet").stat().st_size, 17]
+    assert ShardedDataset(d)[3] == rows[3]  # every column without `columns`
+    with pytest.raises(ShardError, match=r"a.parquet: no column 'category' \(it has text, label, score\)"):
+        ShardedDataset(d, columns=["text", "category"])
+    (d / "c.parquet").write_bytes((d / "a.parquet").read_bytes()[:300])  # truncated: no footer
+    with pytest.raises(ShardError, match=r"c.parquet: not a readable Parquet file .*truncated"):
+        ShardedDataset(d)
+
+
+def test_a_missing_column_is_named_with_its_shard_and_row(tmp_path):
+    d, _ = _write(tmp_path)
+    with pytest.raises(ShardError, match=r"b.csv: no column 'category' \(it has text, label\)"):
+        ShardedDataset(d / "b.csv", cache_dir=tmp_path / "cache", columns=["category"])
+    (d / "f.jsonl").write_text('{"text": "a", "category": "x"}\n{"text": "b"}\n')
+    ds = ShardedDataset(d / "f.jsonl", cache_dir=tmp_path / "cache", columns=["text", "category"])
+    assert ds[0]["category"] == "x"
+    with pytest.raises(ShardError, match=r"f.jsonl row 2: no column 'category' \(it has text\)"):
+        ds[1]
+
+
 @pytest.mark.parametrize("n, block, window", [(1, 4, 2), (10, 4, 2), (1000, 64, 3), (4097, 512, 8), (64, 64, 1)])
 def test_block_shuffle_is_a_permutation_fixed_by_seed_and_epoch(n, block, window):
     order = BlockShuffle(n, seed=3, epoch=1, block=block, window=window)
