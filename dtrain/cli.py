@@ -354,14 +354,21 @@ def user_traceback(exc: BaseException) -> str | None:
 def plain(exc: BaseException) -> str:
     """One line for the user. dtrain's own errors already say what is wrong and what to do; a system
     error is said in words, with the file; anything else is unexpected, and --debug shows where."""
+    text = str(exc)
+    if text.startswith("Caught ") and "DataLoader worker process" in text.split("\n", 1)[0]:
+        # Re-raised by the DataLoader as the same class, with the worker's whole traceback as its message:
+        # the original message is its last line, after the class name.
+        last = text.rstrip().splitlines()[-1]
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        text = last[len(name):] if last.startswith(name) else last.split(": ", 1)[-1]
     if type(exc).__module__.startswith(("dtrain.", "recipes.")):
-        return str(exc)
+        return text
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"
-    if isinstance(exc, OSError) and str(exc):  # raised with a message of its own: that says it
-        return str(exc)
-    text = str(exc).strip() or "no message"
+    if isinstance(exc, OSError) and text:  # raised with a message of its own: that says it
+        return text
+    text = text.strip() or "no message"
     return f"{text} (unexpected; rerun with `dtrain --debug ...` for where it happened, and report it)"
 
 

@@ -231,6 +231,11 @@ class ShardedDataset(Dataset):
         k = int(np.searchsorted(self.ends, i, side="right"))
         return self.shards[k].read(i - (int(self.ends[k - 1]) if k else 0))
 
+    def locate(self, i: int) -> tuple[Path, int]:
+        """(shard, 1-based row) of sample i: for messages that name where a bad sample is."""
+        k = int(np.searchsorted(self.ends, i, side="right"))
+        return self.shards[k].path, i - (int(self.ends[k - 1]) if k else 0) + 1
+
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data for a checkpoint: every shard's name, size and rows (small)."""
         return {"index_version": INDEX_VERSION,

@@ -40,8 +40,9 @@ def decode_utf8(raw: bytes, path: Path) -> str:
         ) from None
 
 
-def read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) pairs from a CSV (header row) or a JSONL file."""
+def read_rows(path: Path, columns: tuple[str, str] = ("text", "label")) -> list[tuple[int, dict]]:
+    """(line number, row) pairs from a CSV (header row) or a JSONL file; `columns` (text, label) must be in
+    a CSV's header."""
     if path.is_dir():
         raise TicketDataError(f"data file {path} is a directory; set task.data_path to a CSV or JSONL file in it")
     if not path.is_file():
@@ -56,38 +57,45 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
                 except ValueError as exc:
                     raise TicketDataError(f"{path} line {n}: not a JSON object ({exc})") from None
                 if not isinstance(row, dict):
-                    raise TicketDataError(f"{path} line {n}: expected a JSON object with 'text' and 'label'")
+                    raise TicketDataError(f"{path} line {n}: expected a JSON object with {columns[0]!r} and {columns[1]!r}")
                 rows.append((n, row))
         return rows
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in ("text", "label") if c not in (reader.fieldnames or [])]
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
         raise TicketDataError(
             f"{path}: no {' or '.join(repr(c) for c in missing)} column (columns found: {reader.fieldnames}); "
-            "the file needs a header row with 'text' and 'label'"
+            f"the file needs a header row with {columns[0]!r} and {columns[1]!r}, or set task.text_column and "
+            "task.label_column to the names it has"
         )
     return [(reader.line_num, row) for row in reader]
 
 
-def load_tickets(path: str | Path, label_names: Sequence[str] | None = None, labels_from: str = "task.labels") -> Tickets:
+def check_ticket(row: dict, where: str, columns: tuple[str, str], label_names: Sequence[str] | None,
+                 labels_from: str = "task.labels") -> tuple[str, str]:
+    """(text, label) of one row, or a TicketDataError naming `where` (file and line, or shard and row)."""
+    text, label = row.get(columns[0]), row.get(columns[1])
+    if not isinstance(text, str) or not text.strip():
+        raise TicketDataError(f"{where}: empty text ({columns[0]!r})")
+    if label is None or str(label).strip() == "":
+        raise TicketDataError(f"{where}: empty label ({columns[1]!r})")
+    label = str(label).strip()
+    if label_names is not None and label not in label_names:
+        raise TicketDataError(f"{where}: unknown label {label!r}; {labels_from} allows {', '.join(label_names)}")
+    return text.strip(), label
+
+
+def load_tickets(path: str | Path, label_names: Sequence[str] | None = None, labels_from: str = "task.labels",
+                 columns: tuple[str, str] = ("text", "label")) -> Tickets:
     """Read and check every row; `label_names` fixes the label set (an unknown label is an error).
 
     `labels_from` says where that set came from, for the message (task.labels, or the training file)."""
     path = Path(path)
-    rows = read_rows(path)
+    rows = read_rows(path, columns)
     texts, raw_labels = [], []
     for n, row in rows:
-        text, label = row.get("text"), row.get("label")
-        if not isinstance(text, str) or not text.strip():
-            raise TicketDataError(f"{path} line {n}: empty text")
-        if label is None or str(label).strip() == "":
-            raise TicketDataError(f"{path} line {n}: empty label")
-        label = str(label).strip()
-        if label_names is not None and label not in label_names:
-            raise TicketDataError(
-                f"{path} line {n}: unknown label {label!r}; {labels_from} allows {', '.join(label_names)}"
-            )
-        texts.append(text.strip())
+        text, label = check_ticket(row, f"{path} line {n}", columns, label_names, labels_from)
+        texts.append(text)
         raw_labels.append(label)
     if not texts:
         raise TicketDataError(f"{path}: no tickets")
@@ -127,6 +135,31 @@ class Encoded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], int]:
         return self.ids[i], self.labels[i]
+
+
+class ShardedTickets(torch.utils.data.Dataset):
+    """Tickets read from shards (a directory or glob of JSONL, CSV or Parquet: dtrain.shards) one at a time
+    and tokenized where they are read: in the DataLoader's workers, not all up front on every rank. A bad
+    row stops the run naming its shard and row."""
+
+    block_order = True  # dtrain's sharded order: shuffled by blocks, memory per block
+
+    def __init__(self, rows, tokenizer, max_length: int, names: Sequence[str], columns: tuple[str, str]):
+        self.rows, self.tokenizer, self.max_length = rows, tokenizer, max_length
+        self.index = {name: i for i, name in enumerate(names)}
+        self.names, self.columns = list(names), columns
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fingerprint(self) -> dict:
+        return self.rows.fingerprint()
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        shard, row = self.rows.locate(i)
+        text, label = check_ticket(self.rows[i], f"{shard} row {row}", self.columns, self.names)
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        return ids, self.index[label]
 
 
 class PadCollate:

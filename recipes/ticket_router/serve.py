@@ -90,14 +90,28 @@ def export_onnx(model, tokenizer, path: Path) -> None:
     )
 
 
+def validation_texts(cfg, limit: int = 512) -> list[str]:
+    """The run's validation tickets (up to `limit` from shards), for the ONNX parity check."""
+    from recipes.ticket_router import is_sharded, open_shards
+
+    t = cfg.task
+    columns = (t.text_column, t.label_column)
+    if is_sharded(t.val_path):
+        rows = open_shards(t, t.val_path, "val_path")
+        return [str(rows[i][t.text_column]) for i in range(min(len(rows), limit))]
+    if t.val_path is not None and is_sharded(t.data_path):
+        return load_tickets(t.val_path, None, columns=columns).texts
+    tickets = load_tickets(t.data_path or SHIPPED, t.labels, columns=columns)
+    return [tickets.texts[i] for i in split(tickets, t.val_fraction, t.test_fraction, cfg.seed)["val"]]
+
+
 def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -> dict:
     """Write OUT_DIR/hf and OUT_DIR/model.onnx; fails (writing nothing) unless ONNX matches eager."""
     import onnxruntime as ort
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, tokenizer, names, cfg = load_trained(run_dir, checkpoint)
-    tickets = load_tickets(cfg.task.data_path or SHIPPED, cfg.task.labels)
-    val_texts = [tickets.texts[i] for i in split(tickets, cfg.task.val_fraction, cfg.task.test_fraction, cfg.seed)["val"]]
+    val_texts = validation_texts(cfg)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 
@@ -150,3 +151,46 @@ def test_early_stopping_stops_and_resume_does_not_restart(tmp_path, tiny_model):
     assert final_checkpoint(out).name == "step_00000006"
     again = run(CFG, *args)
     assert "resumed from" in again.stdout and "[train]" not in again.stdout
+
+
+def test_ticket_shards_with_their_own_column_names_train_and_export(tmp_path, tiny_model):
+    """A directory of JSONL and Parquet shards whose columns are `body` and `category`: read and tokenized
+    in 2 DataLoader workers (issue 14), validated on a CSV, exported with ONNX parity; bad rows and a
+    missing setting are one line each."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    tickets = load_tickets(SHIPPED)
+    rows = [{"body": t, "category": tickets.names[k]} for t, k in zip(tickets.texts, tickets.labels)]
+    val, train = rows[:60], rows[60:]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    half = len(train) // 2
+    (shards / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train[:half]))
+    pq.write_table(pa.Table.from_pylist(train[half:]), shards / "part-1.parquet", row_group_size=64)
+    with open(tmp_path / "val.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["body", "category"])
+        writer.writeheader()
+        writer.writerows(val)
+    labels = "[" + ",".join(tickets.names) + "]"
+    out = tmp_path / "run"
+    args = [f"task.model_path={tiny_model}", f"output_dir={out}", "task.max_length=32", "train.max_steps=6",
+            "train.eval_every=3", f"task.data_path={shards}", f"task.val_path={tmp_path / 'val.csv'}",
+            "task.text_column=body", "task.label_column=category", f"task.labels={labels}", "train.num_workers=2",
+            "early_stopping.metric=null", "checkpoint.best_metric=macro_f1"]
+    proc = run(CFG, *args)
+    assert "[eval] step=6" in proc.stdout
+    record = json.loads((out / "split.json").read_text())
+    assert record["counts"] == {"train": len(train), "val": 60}
+    assert [s[0] for s in record["shards"]["shards"]] == ["part-0.jsonl", "part-1.parquet"]
+    meta = json.loads(dtrain("export", str(out), str(tmp_path / "export")).stdout)
+    assert meta["parity"]["tickets"] == 60 and meta["parity"]["agreement"] >= 0.995
+
+    # one line each, naming the setting, or the shard and row
+    missing = run(CFG, *[a for a in args if not a.startswith("task.labels")], f"output_dir={tmp_path / 'r2'}", check=False)
+    assert missing.returncode == 2 and "task.labels: a sharded task.data_path needs its label list" in missing.stderr
+    (shards / "part-2.jsonl").write_text(json.dumps({"body": "hello", "category": "refunds"}) + "\n")
+    bad = run(CFG, *args, f"output_dir={tmp_path / 'r3'}", "train.max_steps=80", check=False)
+    # found in a DataLoader worker mid-run: exit 1 (the run failed), the worker's message alone
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "worker" not in bad.stderr
+    assert f"dtrain: error: {shards / 'part-2.jsonl'} row 1: unknown label 'refunds'; task.labels allows" in bad.stderr
