@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 INDEX_VERSION = 1
-KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}
+KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text", ".parquet": "parquet", ".tar": "tar"}
 
 
 class ShardError(ValueError):
@@ -84,25 +84,31 @@ class Shard:
         except (OSError, ValueError):
             fresh = False
         if not fresh:  # first use, or the shard changed: index it once
-            starts, header = _row_starts(path, kind)
+            table, extra = self._build_index()
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.index_path.with_name(self.index_path.name + f".{os.getpid()}.tmp.npy")
-            np.save(tmp, starts)
+            np.save(tmp, table)
             os.replace(tmp, self.index_path)
             meta_tmp = meta_path.with_name(meta_path.name + f".{os.getpid()}.tmp")
-            meta_tmp.write_text(json.dumps({**want, "rows": len(starts) - 1,
-                                            "header": header.decode("utf-8", "replace") if header else None}))
+            meta_tmp.write_text(json.dumps({**want, **extra}))
             os.replace(meta_tmp, meta_path)
         meta = json.loads(meta_path.read_text())
-        self.header = meta.get("header")
         self.offsets = np.load(self.index_path, mmap_mode="r")  # paged in as touched, not held
-        self.rows = len(self.offsets) - 1
+        self.rows = meta["rows"]
+        self._opened(meta)
+
+    def _build_index(self) -> tuple[np.ndarray, dict[str, Any]]:
+        starts, header = _row_starts(self.path, self.kind)
+        return starts, {"rows": len(starts) - 1, "header": header.decode("utf-8", "replace") if header else None}
+
+    def _opened(self, meta: dict[str, Any]) -> None:
+        self.header = meta.get("header")
+        kind, columns, path = self.kind, self.columns, self.path
         self._columns = next(csv.reader([self.header.lstrip("\ufeff")])) if kind == "csv" and self.header else None
         if kind == "csv" and columns:
             _check_columns(path, columns, self._columns or [])
 
-    def read(self, row: int) -> dict[str, Any]:
-        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+    def _pread(self, spans: list[tuple[int, int]], row: int) -> list[bytes]:
         # Opened per read, not held: a directory of thousands of shards would exhaust the descriptors of
         # every DataLoader worker. One fstat on that descriptor checks it is still the indexed file.
         try:
@@ -112,9 +118,13 @@ class Shard:
         try:
             if os.fstat(fd).st_size != self.size:
                 raise ShardError(f"{self.path} changed since it was indexed (row {row + 1}); restart to re-index it")
-            raw = os.pread(fd, end - start, start)
+            return [os.pread(fd, size, offset) for offset, size in spans]
         finally:
             os.close(fd)
+
+    def read(self, row: int) -> dict[str, Any]:
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        raw = self._pread([(start, end - start)], row)[0]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -137,6 +147,57 @@ class Shard:
                                  f"{len(self._columns or [])}")
             return dict(zip(self._columns, values))
         return {"text": text.rstrip("\r\n")}
+
+
+class TarShard(Shard):
+    """One uncompressed tar in webdataset's layout: consecutive members `key.ext` with the same key are one
+    sample, read as {ext: bytes} (e.g. {"png": ..., "cls": b"3"}). The index holds each member's (sample,
+    offset, size, extension) and, for `.cls` members, the integer they hold, so the class list is known
+    without reading the samples."""
+
+    def _build_index(self) -> tuple[np.ndarray, dict[str, Any]]:
+        import tarfile
+
+        rows, exts, last_key, sample = [], {}, None, -1
+        try:
+            with tarfile.open(self.path, "r:") as tar:  # "r:": a compressed tar cannot be read at an offset
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    stem, _, ext = base.partition(".")  # webdataset: the key ends at the first dot
+                    key = f"{folder}/{stem}"
+                    if key != last_key:
+                        sample, last_key = sample + 1, key
+                    value = -1
+                    if ext == "cls":
+                        text = tar.extractfile(m).read().strip()
+                        value = int(text) if text.isdigit() else -1
+                    rows.append((sample, m.offset_data, m.size, exts.setdefault(ext, len(exts)), value))
+        except (tarfile.TarError, EOFError) as exc:
+            raise ShardError(f"{self.path}: not a readable uncompressed tar ({exc}); a truncated or compressed "
+                             "shard? (tar shards must be plain .tar)") from None
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 5), {"rows": sample + 1, "extensions": list(exts)}
+
+    def _opened(self, meta: dict[str, Any]) -> None:
+        self.extensions = meta["extensions"]
+
+    def labels(self) -> np.ndarray:
+        """The `.cls` value of every sample (-1 where it has none): from the index, no sample read."""
+        out = np.full(self.rows, -1, dtype=np.int64)
+        table = np.asarray(self.offsets)
+        cls = [i for i, e in enumerate(self.extensions) if e == "cls"]
+        if cls:
+            mine = table[table[:, 3] == cls[0]]
+            out[mine[:, 0]] = mine[:, 4]
+        return out
+
+    def read(self, row: int) -> dict[str, Any]:
+        lo = int(np.searchsorted(self.offsets[:, 0], row, side="left"))
+        hi = int(np.searchsorted(self.offsets[:, 0], row, side="right"))
+        members = [(int(o), int(n), self.extensions[int(e)]) for _, o, n, e, _ in self.offsets[lo:hi]]
+        data = self._pread([(o, n) for o, n, _ in members], row)
+        return {ext: raw for (_, _, ext), raw in zip(members, data)}
 
 
 def _check_columns(path: Path, wanted: list[str], present, where: str = "") -> None:
@@ -212,14 +273,17 @@ class ShardedDataset(Dataset):
         JSONL, a missing one named with its shard); Parquet reads only these."""
         files = _expand(source)
         if not files:
-            raise ShardError(f"no JSONL, CSV, Parquet or .txt shards found at {source}")
+            raise ShardError(f"no JSONL, CSV, Parquet, .txt or .tar shards found at {source}")
         cache = Path(cache_dir) if cache_dir else files[0].parent / ".dtrain-index"
         self.shards: list[Shard | ParquetShard] = []
         for path in files:
             kind = KINDS.get(path.suffix.lower())
             if kind is None:
-                raise ShardError(f"{path}: unknown shard kind (use .jsonl, .csv, .parquet or .txt)")
-            self.shards.append(ParquetShard(path, columns) if kind == "parquet" else Shard(path, kind, cache, columns))
+                raise ShardError(f"{path}: unknown shard kind (use .jsonl, .csv, .parquet, .txt or .tar)")
+            if kind == "parquet":
+                self.shards.append(ParquetShard(path, columns))
+            else:
+                self.shards.append((TarShard if kind == "tar" else Shard)(path, kind, cache, columns))
         self.ends = np.cumsum([s.rows for s in self.shards])
 
     def __len__(self) -> int:

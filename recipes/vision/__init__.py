@@ -13,16 +13,20 @@ import torch.nn.functional as F
 
 from dtrain.data import sample_rng, stratified_split
 from dtrain.recipe import BuildContext, Task
-from recipes.vision.data import ImageFolder, load_digits_tensors
+from recipes.vision.data import ImageDataError, ImageFolder, TarImages, load_digits_tensors
 from recipes.vision.model import ResNet
 
 
 @dataclass(kw_only=True)
 class Config:
-    dataset: Literal["digits", "folder"] = "digits"
-    """'digits': the 8x8 handwritten digits scikit-learn ships; 'folder': images under `root`."""
+    dataset: Literal["digits", "folder", "tar"] = "digits"
+    """'digits': the 8x8 handwritten digits scikit-learn ships; 'folder': images under `root`; 'tar': tar
+    shards under `root` (webdataset layout: key.png|jpg + key.cls), read lazily."""
     root: str | None = None
-    """Image folder laid out as root/<class name>/*.png|jpg (dataset: folder)."""
+    """Image folder laid out as root/<class name>/*.png|jpg (dataset: folder), or a directory or glob of
+    .tar shards (dataset: tar)."""
+    val_root: str | None = None
+    """dataset: tar: validation shards; without them val_fraction of the training shards is held out."""
     image_size: int = 32
     """Folder images are resized to image_size x image_size (digits stay 8x8)."""
     channels: Literal[1, 3] = 1
@@ -37,8 +41,9 @@ class Config:
 
     def check(self) -> list[str]:
         bad = []
-        if self.dataset == "folder" and not self.root:
-            bad.append("task.root: required when task.dataset is 'folder' (a directory of class folders)")
+        if self.dataset in ("folder", "tar") and not self.root:
+            bad.append(f"task.root: required when task.dataset is '{self.dataset}' (a directory of "
+                       f"{'class folders' if self.dataset == 'folder' else '.tar shards'})")
         if not 0.0 < self.val_fraction < 1.0:
             bad.append(f"task.val_fraction: must be between 0 and 1, got {self.val_fraction}")
         if self.image_size < 8:
@@ -76,6 +81,11 @@ class Shifted(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def __getattr__(self, name: str):  # a sharded set's order and fingerprint are the wrapped set's
+        if name in ("block_order", "fingerprint"):
+            return getattr(self.base, name)
+        raise AttributeError(name)
+
     def __getitem__(self, i: int):
         image, label = self.base[i]
         rng = sample_rng()
@@ -89,6 +99,10 @@ def preflight(cfg: Config) -> None:
     (each image is decoded when first read; an unreadable one is named then)."""
     if cfg.dataset == "folder":
         ImageFolder(cfg.root, cfg.image_size, cfg.channels)
+    elif cfg.dataset == "tar":  # indexes the shards once, before the ranks start
+        TarImages(cfg.root, cfg.image_size, cfg.channels)
+        if cfg.val_root:
+            TarImages(cfg.val_root, cfg.image_size, cfg.channels)
 
 
 def build(cfg: Config, ctx: BuildContext) -> Task:
@@ -96,12 +110,20 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         images, labels, classes = load_digits_tensors(cfg.channels)
         dataset = torch.utils.data.TensorDataset(images, labels)
         label_list = labels.tolist()
+    elif cfg.dataset == "tar":
+        dataset = TarImages(cfg.root, cfg.image_size, cfg.channels)
+        classes, label_list = dataset.classes, dataset.labels
     else:
         dataset = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
         classes, label_list = dataset.classes, dataset.labels
-    train_idx, val_idx = stratified_split(label_list, cfg.val_fraction, ctx.seed)
-    train_data = torch.utils.data.Subset(dataset, train_idx)
-    val_data = torch.utils.data.Subset(dataset, val_idx)
+    if cfg.dataset == "tar" and cfg.val_root:  # all of root trains, in its sharded order
+        train_data, val_data = dataset, TarImages(cfg.val_root, cfg.image_size, cfg.channels)
+        if len(val_data.classes) > len(classes):
+            raise ImageDataError(f"task.val_root: class {len(val_data.classes) - 1} is not in the training shards")
+    else:
+        train_idx, val_idx = stratified_split(label_list, cfg.val_fraction, ctx.seed)
+        train_data = torch.utils.data.Subset(dataset, train_idx)
+        val_data = torch.utils.data.Subset(dataset, val_idx)
 
     def model():
         return ResNet(in_channels=cfg.channels, num_classes=len(classes), widths=list(cfg.widths),

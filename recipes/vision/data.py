@@ -53,13 +53,63 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
+        return decode_image(self.files[i], self.files[i], self.size, self.mode), self.labels[i]
+
+
+def decode_image(source, name, size: int, mode: str) -> torch.Tensor:
+    """A file or bytes -> (channels, size, size) in [-1, 1]; an unreadable image names `name`."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im = im.convert(mode).resize((size, size), Image.BILINEAR)
+            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageDataError(f"unreadable image {name}: {exc}") from None
+    return data.view(size, size, -1).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+IMAGE_EXTS = ("png", "jpg", "jpeg")
+
+
+class TarImages(Dataset):
+    """Tar shards in webdataset's layout (dtrain.shards): each sample a `key.png|jpg` with its class in
+    `key.cls` (an integer). Read and decoded one sample at a time, in the loader's workers; the class
+    list comes from the shards' index, without reading the images."""
+
+    block_order = True  # dtrain's sharded order: shuffled by blocks, memory per block
+
+    def __init__(self, source: str, image_size: int, channels: int):
+        from dtrain.shards import ShardedDataset, ShardError
 
         try:
-            with Image.open(self.files[i]) as im:
-                im = im.convert(self.mode).resize((self.size, self.size), Image.BILINEAR)
-                data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageDataError(f"unreadable image {self.files[i]}: {exc}") from None
-        image = data.view(self.size, self.size, -1).permute(2, 0, 1).float() / 127.5 - 1.0
-        return image, self.labels[i]
+            self.rows = ShardedDataset(source)
+        except ShardError as exc:
+            raise ImageDataError(f"task.root: {exc}") from None
+        if any(s.kind != "tar" for s in self.rows.shards):
+            raise ImageDataError(f"task.root: {source} must hold only .tar shards for task.dataset=tar")
+        self.labels = [int(v) for s in self.rows.shards for v in s.labels()]
+        unlabeled = [i for i, v in enumerate(self.labels) if v < 0]
+        if unlabeled:
+            shard, row = self.rows.locate(unlabeled[0])
+            raise ImageDataError(f"{shard} sample {row}: no integer .cls member; every sample needs its class")
+        self.classes = [str(c) for c in range(max(self.labels) + 1)]
+        if len(set(self.labels)) < 2:
+            raise ImageDataError(f"task.root: {source} needs at least 2 classes, found {sorted(set(self.labels))}")
+        self.size, self.mode = image_size, "L" if channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fingerprint(self) -> dict:
+        return self.rows.fingerprint()
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        sample = self.rows[i]
+        shard, row = self.rows.locate(i)
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if ext is None:
+            raise ImageDataError(f"{shard} sample {row}: no .png or .jpg member (has {', '.join(sample)})")
+        return decode_image(sample[ext], f"{shard} sample {row}", self.size, self.mode), self.labels[i]

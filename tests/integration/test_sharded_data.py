@@ -57,3 +57,53 @@ def test_sharded_data_trains_resumes_bitwise_and_refuses_changed_shards(tmp_path
     with pytest.raises(Exception, match=r"other settings: data.train: part-001.jsonl: \d+ -> \d+ bytes, 40 -> 41 rows"):
         dtrain.fit(_task(d, cache), {**config, "output_dir": str(tmp_path / "resumed")},
                    overrides=[])
+
+
+def _image_tars(d, shards=2, per_shard=24, size=12):
+    """Tar shards in webdataset's layout: key.png + key.cls, two classes (bright and dark squares)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for s in range(shards):
+        with tarfile.open(d / f"shard-{s:03d}.tar", "w") as tar:
+            for i in range(per_shard):
+                label = (s + i) % 2
+                pixels = (torch.rand(size, size, generator=g) * 100 + 150 * label).clamp(0, 255).byte()
+                buf = io.BytesIO()
+                Image.fromarray(pixels.numpy(), mode="L").save(buf, format="PNG")
+                for ext, data in (("png", buf.getvalue()), ("cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"s{s}/{i:05d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return d
+
+
+def test_vision_reads_tar_shards_in_workers_and_names_a_bad_image(tmp_path):
+    from tests.conftest import run
+
+    tars = _image_tars(tmp_path / "tars")
+    val = _image_tars(tmp_path / "val", shards=1, per_shard=10)
+    args = ["task.dataset=tar", f"task.root={tars}", f"task.val_root={val}", "task.image_size=12",
+            "task.widths=[8,16]", "task.blocks_per_stage=1", "train.batch_size=8", "train.max_steps=6",
+            "train.eval_every=3", "train.num_workers=2", f"output_dir={tmp_path / 'run'}"]
+    proc = run("recipes/vision/config.yaml", *args)
+    assert "[eval] step=6" in proc.stdout
+    state = load_pt(final_checkpoint(tmp_path / "run") / "train_state.pt")
+    assert [s[0] for s in state["config"]["data.train"]["shards"]] == ["shard-000.tar", "shard-001.tar"]
+
+    import tarfile
+
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:  # a sample whose PNG is not an image
+        for ext, data in (("png", b"not a png"), ("cls", b"1")):
+            info = tarfile.TarInfo(f"x/00000.{ext}")
+            info.size = len(data)
+            tar.addfile(info, __import__("io").BytesIO(data))
+    (tmp_path / "bad.tar").rename(tars / "shard-002.tar")
+    bad = run("recipes/vision/config.yaml", *args, f"output_dir={tmp_path / 'bad'}", "train.max_steps=12",
+              check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert f"unreadable image {tars / 'shard-002.tar'} sample 1" in bad.stderr

@@ -128,3 +128,30 @@ def test_block_shuffle_of_a_billion_samples_holds_no_billion_numbers():
     assert 0 <= first < n and 0 <= last < n and order._cached[1].nbytes <= 8 * 65536 * 8  # one window
     assert isinstance(order[123_456_789], int)
     assert np.unique([order[p] for p in range(0, 2000)]).size == 2000
+
+
+def _tar(path, samples):
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards_in_webdataset_layout_read_any_sample(tmp_path):
+    d = tmp_path / "tars"
+    d.mkdir()
+    samples = [(f"img/{i:04d}", {"png": bytes([i]) * (100 + i), "cls": str(i % 3).encode()}) for i in range(9)]
+    _tar(d / "a.tar", samples[:5])
+    _tar(d / "b.tar", samples[5:] + [("img/extra", {"png": b"x"})])  # a sample with no label
+    ds = ShardedDataset(d, cache_dir=tmp_path / "cache")
+    assert len(ds) == 10
+    for i in (7, 0, 4, 9, 3):
+        assert ds[i] == (samples[i][1] if i < 9 else {"png": b"x"})
+    assert ds.shards[0].labels().tolist() == [0, 1, 2, 0, 1] and ds.shards[1].labels().tolist() == [2, 0, 1, 2, -1]
+    (d / "c.tar").write_bytes((d / "a.tar").read_bytes()[:700])  # cut inside the second member
+    with pytest.raises(ShardError, match=r"c.tar: not a readable uncompressed tar .*truncated"):
+        ShardedDataset(d / "c.tar", cache_dir=tmp_path / "cache")
