@@ -40,7 +40,7 @@ class TrainSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True,
-                 block_order: bool = False, keyed: bool = False):
+                 block_order: bool | int = False, keyed: bool = False):
         self.num_samples = num_samples
         self.rank = rank
         self.world_size = world_size
@@ -48,7 +48,8 @@ class TrainSampler(Sampler[int]):
         self.shuffle = shuffle
         self.block_order = block_order
         """A BlockShuffle order (memory per block, not per sample) instead of a full randperm: for sharded
-        data sets and anything above BLOCK_ORDER_ABOVE samples."""
+        data sets and anything above BLOCK_ORDER_ABOVE samples. True: blocks of 65,536 samples; a number:
+        blocks of that many (a data set says what suits its reads: Parquet, its row groups)."""
         self.keyed = keyed
         """Yield (index, epoch) keys for `SeededSamples` instead of bare indices: the epoch must travel with
         each index, since DataLoader workers outlive epochs and hold their own copy of the data set."""
@@ -81,8 +82,9 @@ class TrainSampler(Sampler[int]):
         if self.shuffle and self.block_order:
             from dtrain.shards import BlockShuffle
 
-            return BlockShuffle(self.num_samples, self.seed, self.epoch).positions(self.start + self.rank,
-                                                                                 self.world_size, self.end())
+            block = 65536 if self.block_order is True else int(self.block_order)
+            order = BlockShuffle(self.num_samples, self.seed, self.epoch, block=block)
+            return order.positions(self.start + self.rank, self.world_size, self.end())
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=g)

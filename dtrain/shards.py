@@ -209,13 +209,14 @@ def _check_columns(path: Path, wanted: list[str], present, where: str = "") -> N
 
 class ParquetShard:
     """One Parquet file: rows found through its row groups (their row counts are in the file's footer, so
-    no index is built). A read decodes the row's whole row group, and the last few decoded are kept:
-    shuffled reads stay cheap when row groups are small (up to ~100k rows; set `row_group_size` when
-    writing) and the block shuffle keeps reads within a window of blocks."""
+    no index is built). A read decodes the row's whole row group, and the last 16 decoded are kept: the
+    block shuffle's blocks are then row-group sized (ShardedDataset.block_order), so a window of 8 blocks
+    stays within the kept groups and each group is decoded about once an epoch per worker. Keep row groups
+    small (up to ~64k rows; `row_group_size` when writing): a worker holds 16 decoded."""
 
     kind = "parquet"
 
-    def __init__(self, path: Path, columns: list[str] | None = None, keep: int = 4):
+    def __init__(self, path: Path, columns: list[str] | None = None, keep: int = 16):
         self.path, self.columns, self.keep = path, columns, keep
         st = path.stat()
         self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
@@ -223,7 +224,8 @@ class ParquetShard:
         names = meta.schema.names
         if columns:
             _check_columns(path, columns, names)
-        self.ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+        self.group_rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self.ends = np.cumsum(self.group_rows, dtype=np.int64)
         self.rows = int(self.ends[-1]) if len(self.ends) else 0
         self._groups: dict[int, Any] = {}  # row group -> decoded table, oldest first
 
@@ -262,10 +264,9 @@ class ParquetShard:
 class ShardedDataset(Dataset):
     """Every row of every shard matched by `source` (a directory, a glob, a file, or a list of them),
     shards in sorted order, rows in file order: sample i is a dict (JSONL object, CSV row by header,
-    Parquet row by column, {"text": line}). The Trainer shuffles it by blocks (`block_order`) and records its `fingerprint` in
+    Parquet row by column, {"text": line}). The Trainer shuffles it by blocks (`block_order`) and records
+    its `fingerprint` in
     every checkpoint: a resume on changed data is refused, naming the shard."""
-
-    block_order = True
 
     def __init__(self, source: str | Path | list, cache_dir: str | Path | None = None,
                  columns: list[str] | None = None):
@@ -285,6 +286,10 @@ class ShardedDataset(Dataset):
             else:
                 self.shards.append((TarShard if kind == "tar" else Shard)(path, kind, cache, columns))
         self.ends = np.cumsum([s.rows for s in self.shards])
+        groups = [g for s in self.shards if isinstance(s, ParquetShard) for g in s.group_rows]
+        self.block_order: int = min(65536, max(groups)) if groups else 65536
+        """The shuffle's block (see BlockShuffle): 65,536 samples, or with Parquet shards their largest row
+        group, so a window of blocks touches few row groups (each read decodes a whole one)."""
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0

@@ -142,7 +142,6 @@ class ShardedTickets(torch.utils.data.Dataset):
     and tokenized where they are read: in the DataLoader's workers, not all up front on every rank. A bad
     row stops the run naming its shard and row."""
 
-    block_order = True  # dtrain's sharded order: shuffled by blocks, memory per block
 
     def __init__(self, rows, tokenizer, max_length: int, names: Sequence[str], columns: tuple[str, str]):
         self.rows, self.tokenizer, self.max_length = rows, tokenizer, max_length
@@ -154,6 +153,10 @@ class ShardedTickets(torch.utils.data.Dataset):
 
     def fingerprint(self) -> dict:
         return self.rows.fingerprint()
+
+    @property
+    def block_order(self) -> int:  # the shards' shuffle block: dtrain's sharded order
+        return self.rows.block_order
 
     def __getitem__(self, i: int) -> tuple[list[int], int]:
         shard, row = self.rows.locate(i)

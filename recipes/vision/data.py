@@ -79,7 +79,6 @@ class TarImages(Dataset):
     `key.cls` (an integer). Read and decoded one sample at a time, in the loader's workers; the class
     list comes from the shards' index, without reading the images."""
 
-    block_order = True  # dtrain's sharded order: shuffled by blocks, memory per block
 
     def __init__(self, source: str, image_size: int, channels: int):
         from dtrain.shards import ShardedDataset, ShardError
@@ -105,6 +104,10 @@ class TarImages(Dataset):
 
     def fingerprint(self) -> dict:
         return self.rows.fingerprint()
+
+    @property
+    def block_order(self) -> int:  # the shards' shuffle block: dtrain's sharded order
+        return self.rows.block_order
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         sample = self.rows[i]

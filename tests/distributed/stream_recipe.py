@@ -28,7 +28,6 @@ class Config(MlpConfig):
 class Drawn(torch.utils.data.Dataset):
     """Rows {"id", "x", "y"}; a training fetch adds noise and a 31-bit draw, both from the sample's seed."""
 
-    block_order = True  # the sharded path: BlockShuffle order, as a ShardedDataset has
 
     def __init__(self, rows: ShardedDataset):
         self.rows = rows
@@ -38,6 +37,10 @@ class Drawn(torch.utils.data.Dataset):
 
     def fingerprint(self):
         return self.rows.fingerprint()
+
+    @property
+    def block_order(self) -> int:  # the shards' shuffle block: dtrain's sharded order
+        return self.rows.block_order
 
     def __getitem__(self, i: int):
         row = self.rows[i]

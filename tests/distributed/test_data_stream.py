@@ -14,6 +14,7 @@ its ranks trained on; the whole run's list of them must equal the unbroken run's
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from tests.conftest import ROOT, child_env, final_checkpoint, load_pt
 from tests.distributed.test_strategies import weights
 
 STEPS, GLOBAL_BATCH, LAUNCHES = 20, 6, (2, 1, 3, 2)
-SEEDS = (0, 1, 2)  # trial plans in CI; benchmarks can draw more
+# Trial plans: 3 in CI; DTRAIN_STREAM_TRIALS=N draws N (they share the same 4 process groups).
+SEEDS = tuple(range(int(os.environ.get("DTRAIN_STREAM_TRIALS", "3"))))
 BASE = ["recipe=tests.distributed.stream_recipe", "task.in_dim=4", "task.hidden=16", "train.epochs=2",
         "train.log_every=100", "train.sanity_eval_batches=0", "checkpoint.every_steps=1",
         "checkpoint.every_epoch=false", "checkpoint.best_metric=null", "checkpoint.resume=auto",

@@ -54,7 +54,7 @@ def test_resume_mid_epoch_is_bitwise(tmp_path, crash_step):
 
 @pytest.mark.gpu
 def test_cuda_resume_with_deterministic_kernels_is_bitwise(tmp_path):
-    """The README's GPU claim: bitwise with train.deterministic (dropout and noise draw from the CUDA RNG)."""
+    """The README's GPU claim: bitwise with train.deterministic (dropout draws from the CUDA RNG)."""
     gpu = ["dist.device=cuda", "train.precision=bf16", "train.deterministic=true"]
     start = lambda *o, check=True: run(CFG, *gpu, *o, check=check)  # noqa: E731
     start(*COMMON, f"output_dir={tmp_path}/straight")

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import ROOT, child_env
 
 
-@pytest.mark.parametrize("script", ["step_time.py", "overheads.py", "gpu_throughput.py"])
+@pytest.mark.parametrize("script", ["step_time.py", "overheads.py", "gpu_throughput.py", "data_loading.py"])
 def test_benchmark_script_help(script):
     proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--help"], cwd=ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=60)
