@@ -128,8 +128,10 @@ def open_shards(cfg: Config, path: str, key: str):
 
 def check_sharded(cfg: Config) -> None:
     if not cfg.labels:
-        raise TicketDataError("task.labels: a sharded task.data_path needs its label list (finding the labels would "
-                              "read every shard); list them, e.g. task.labels='[billing, technical]'")
+        what = "is a directory" if Path(cfg.data_path).is_dir() else "names"
+        raise TicketDataError(f"task.data_path: {cfg.data_path} {what} of shards, read lazily, which need "
+                              "task.labels (finding the labels would read every shard); list them, e.g. "
+                              "task.labels='[billing, technical]', or set task.data_path to a CSV or JSONL file")
     if cfg.val_path is None:
         raise TicketDataError("task.val_path: a sharded task.data_path is all training data; point task.val_path "
                               "at a validation file or shards")

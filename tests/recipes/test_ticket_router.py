@@ -188,7 +188,7 @@ def test_ticket_shards_with_their_own_column_names_train_and_export(tmp_path, ti
 
     # one line each, naming the setting, or the shard and row
     missing = run(CFG, *[a for a in args if not a.startswith("task.labels")], f"output_dir={tmp_path / 'r2'}", check=False)
-    assert missing.returncode == 2 and "task.labels: a sharded task.data_path needs its label list" in missing.stderr
+    assert missing.returncode == 2 and f"task.data_path: {shards} is a directory of shards, read lazily, which need task.labels" in missing.stderr
     (shards / "part-2.jsonl").write_text(json.dumps({"body": "hello", "category": "refunds"}) + "\n")
     bad = run(CFG, *args, f"output_dir={tmp_path / 'r3'}", "train.max_steps=80", check=False)
     # found in a DataLoader worker mid-run: exit 1 (the run failed), the worker's message alone
