@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -11,17 +12,24 @@ from torch import nn
 from dtrain.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    # Biases and norm weights (1-D tensors) take no weight decay, as in nanoGPT and torchtitan.
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if _ndim(p) >= 2]
-    no_decay = [p for p in params if _ndim(p) < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(model: nn.Module, cfg: OptimConfig,
+                    lr_scale: Callable[[str], float] | None = None) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters. `lr_scale` (parameter name -> multiplier of optim.lr)
+    gives parameters that should learn at another rate (a freshly initialised head) groups of their own;
+    the schedule scales every group alike."""
+    # Biases and norm weights (1-D tensors) take no weight decay, as in nanoGPT and torchtitan. The two
+    # groups at scale 1 always come first, so checkpoints of runs without lr_scale keep their layout.
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((float(lr_scale(name)) if lr_scale else 1.0, _ndim(p) >= 2), []).append(p)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+                    for (scale, decay), params in groups.items() if params or scale == 1.0]
     # Fused: one kernel per parameter group and step on CUDA (faster than foreach there), and it reads the
     # skip flag of the non-finite guard and of GradScaler on the device, where foreach needs a host sync.
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, fused=True)
+    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
 
 
 def _ndim(p: nn.Parameter) -> int:

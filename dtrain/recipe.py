@@ -77,6 +77,10 @@ class Task:
     per-rank means, so uneven eval shards give the same answer as a single process."""
     summarize: Callable[[dict[str, torch.Tensor]], dict[str, Any]] | None = None
     """Reduced sums -> metrics: numbers, or JSON-able values such as a confusion matrix."""
+    calibrate: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, Any]] | None = None
+    """(validation sums, test sums), both of the checkpoint the test evaluates -> more test metrics. For a
+    choice made on the validation split and judged on the test split (a confidence threshold below which
+    the model abstains): called once at the end, on every rank, when there is test and validation data."""
     train_transform: Callable[[Any], Any] | None = None
     """Applied to each training batch on the device (augmentation). Random draws must use the
     global torch RNG, which checkpoints save and restore, so a resumed run sees the same draws."""
@@ -94,6 +98,9 @@ class Task:
     """The same architecture built without reading any weights file, e.g. `from_config` where `model`
     calls `from_pretrained` (which refuses the meta device). Called under `torch.device('meta')`, or
     DeepSpeed's `zero.Init`; None: `model` itself is used (fine when it only initializes randomly)."""
+    lr_scale: Callable[[str], float] | None = None
+    """(parameter name) -> multiplier of optim.lr for that parameter, e.g. 10 for a freshly initialised
+    head on a pretrained body. Names are the model's own (`model.named_parameters()`). None: 1 for all."""
     optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     """(model) -> your optimizer over its parameters (the model as the strategy holds it: sharded under
     fsdp, partitioned under ZeRO-3). None: AdamW or SGD from `optim.*`. Its lr is the peak the schedule

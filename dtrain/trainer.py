@@ -60,7 +60,7 @@ class Trainer:
         # checkpoints see, `self.train_model` what the loop calls.
         self.strategy = build_strategy(cfg, dist, self.precision, task)
         self.strategy.setup(ModelSource.of(task.model, task.model_skeleton, cfg.seed),
-                            task.optimizer or (lambda m: build_optimizer(m, cfg.optim)))
+                            task.optimizer or (lambda m: build_optimizer(m, cfg.optim, task.lr_scale)))
         self.model, self.train_model, self.optimizer = self.strategy.model, self.strategy.train_model, self.strategy.optimizer
         self.ckpt_format = cfg.checkpoint_format
 
@@ -303,16 +303,21 @@ class Trainer:
 
     # no_grad, not inference_mode: the sanity evaluation runs before the first step, and the buffers FSDP
     # and ZeRO-3 allocate in a model's first forward would be inference tensors, unusable in training.
-    @torch.no_grad()
     def evaluate(self, loader=None) -> dict:
         """Loss and recipe metrics over the whole validation set (or `loader`), each sample counted once
         across ranks."""
+        return self._summarize(self._eval_sums(loader or self.val_loader))
+
+    # no_grad, not inference_mode: the sanity evaluation runs before the first step, and the buffers FSDP
+    # and ZeRO-3 allocate in a model's first forward would be inference tensors, unusable in training.
+    @torch.no_grad()
+    def _eval_sums(self, loader) -> dict[str, torch.Tensor]:
+        """The loss and the recipe's eval_stats over `loader`, summed over batches and reduced over ranks."""
         # The unwrapped model: evaluation needs no gradient sync, and DDP would broadcast buffers.
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         sums: dict[str, torch.Tensor] = {}
-        loader = loader or self.val_loader
         # Sharded parameters are gathered in forward, a collective: a rank with fewer batches repeats its
         # last one (uncounted) until every rank has run as many forward passes. Agreed before any forward.
         extra = self.strategy.extra_eval_passes(len(loader))
@@ -338,7 +343,10 @@ class Trainer:
             with self.precision.autocast():
                 self.task.forward(self.model, batch)
         self.model.train()
-        sums = self._reduce_sums({"_loss": loss_sum, "_count": count, **sums})
+        return self._reduce_sums({"_loss": loss_sum, "_count": count, **sums})
+
+    def _summarize(self, sums: dict[str, torch.Tensor]) -> dict:
+        sums = dict(sums)
         metrics = {"val_loss": (sums.pop("_loss") / sums.pop("_count").clamp(min=1)).item()}
         if self.task.summarize is not None:
             metrics.update(self.task.summarize(sums))
@@ -353,8 +361,14 @@ class Trainer:
                 self.model.load_state_dict(loaded.model)
             else:
                 self.strategy.load_model(loaded.path / "state")
-        metrics = self.evaluate(self.test_loader)
+        calibrate = self.task.calibrate if self.val_loader is not None else None
+        val_sums = self._eval_sums(self.val_loader) if calibrate else None  # of this checkpoint
+        sums = self._eval_sums(self.test_loader)
+        metrics = self._summarize(sums)
         metrics = {"test_loss": metrics.pop("val_loss"), **metrics}
+        if calibrate:
+            strip = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
+            metrics.update(calibrate(strip(val_sums), strip(sums)))
         source = best["checkpoint"] if best else f"step_{self.step:08d} (final)"
         self.logger.log({"step": self.step, "checkpoint": source, **metrics}, kind="test")
         if self.dist.is_main:

@@ -157,7 +157,7 @@ class DeepSpeedStrategy(Strategy):
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             groups = make_optimizer(model).param_groups  # dtrain's weight-decay groups
-            self.optimizer = DeepSpeedCPUAdam([{k: g[k] for k in ("params", "weight_decay")} for g in groups],
+            self.optimizer = DeepSpeedCPUAdam([{k: g[k] for k in ("params", "weight_decay", "lr")} for g in groups],
                                               **cpu_adam_kwargs(self.cfg))
         else:
             self.optimizer = make_optimizer(model)

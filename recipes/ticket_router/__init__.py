@@ -15,10 +15,12 @@ import torch.nn.functional as F
 
 from dtrain.recipe import BuildContext, Task
 from dtrain.data import stratified_split
+from recipes.ticket_router.abstain import Abstain
 from recipes.ticket_router.data import (
-    SHIPPED, Encoded, PadCollate, ShardedTickets, TicketDataError, Tickets, load_tickets, split, split_record,
+    SHIPPED, Encoded, PadCollate, ShardedTickets, TicketDataError, Tickets, decode_utf8, load_tickets, split,
+    split_record,
 )
-from recipes.ticket_router.metrics import confusion, report
+from recipes.ticket_router.metrics import confidence_counts, confusion, report
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
 
@@ -33,6 +35,9 @@ class Config:
     """Your own validation file (same format), or shards. Then data_path is split into train and test only
     (all of it is training data if it is shards), and a label in this file that the training data lacks
     is an error."""
+    test_path: str | None = None
+    """Your own test file (same format). With val_path too, all of data_path is training data (CLINC150's
+    official splits: config_clinc150.yaml); alone, data_path is split into train and validation."""
     text_column: str = "text"
     label_column: str = "label"
     """The columns (CSV header, JSON key, Parquet column) holding each ticket's text and label."""
@@ -45,9 +50,26 @@ class Config:
     """Tokens per ticket; longer tickets are truncated."""
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    out_of_scope: str | None = None
+    """The label of tickets that fit no team (CLINC150: oos). Reports then add in-scope accuracy and this
+    label's recall and precision, and a ticket predicted as it goes to a person."""
+    domains: str | None = None
+    """JSON file {domain: [labels]}: accuracy per domain in every report (CLINC150 ships one)."""
+    abstain: Abstain | None = None
+    """Send a ticket to a person below a confidence threshold chosen on the validation split for the target
+    stated here (task.abstain.min_oos_recall or task.abstain.max_misrouted); see abstain.py."""
+    head_lr_scale: float = 1.0
+    """Learning rate of the freshly initialised classification head, as a multiple of optim.lr."""
+    label_smoothing: float = 0.0
 
     def check(self) -> list[str]:
         bad = []
+        if self.abstain is not None:
+            bad += self.abstain.check(self.out_of_scope)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            bad.append(f"task.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.head_lr_scale <= 0:
+            bad.append(f"task.head_lr_scale: must be > 0, got {self.head_lr_scale}")
         if self.max_length < 8:
             bad.append(f"task.max_length: must be >= 8, got {self.max_length}")
         for key in ("val_fraction", "test_fraction"):
@@ -137,20 +159,60 @@ def check_sharded(cfg: Config) -> None:
                               "at a validation file or shards")
 
 
-def load_data(cfg: Config, seed: int) -> tuple[Tickets, Tickets | None, dict[str, list[int]]]:
-    """(tickets, separate validation tickets or None, split indices into `tickets`); every check made."""
+def load_data(cfg: Config, seed: int) -> tuple[Tickets, dict[str, Tickets], dict[str, list[int]]]:
+    """(tickets, the validation/test tickets of their own files, split indices into `tickets`); every check
+    made. Parts that have no file of their own are stratified splits of data_path."""
     columns = (cfg.text_column, cfg.label_column)
     tickets = load_tickets(cfg.data_path or SHIPPED, cfg.labels, columns=columns)
-    if cfg.val_path is None:
-        return tickets, None, split(tickets, cfg.val_fraction, cfg.test_fraction, seed)
-    rest, test = stratified_split(tickets.labels, cfg.test_fraction, seed)
+    paths = {name: path for name, path in (("val", cfg.val_path), ("test", cfg.test_path)) if path is not None}
+    if not paths:
+        parts = split(tickets, cfg.val_fraction, cfg.test_fraction, seed)
+    elif len(paths) == 2:
+        parts = {"train": list(range(len(tickets.texts)))}
+    else:
+        held = "test" if "val" in paths else "val"
+        rest, held_out = stratified_split(tickets.labels, getattr(cfg, f"{held}_fraction"), seed)
+        parts = {"train": rest, held: held_out}
     # Every class with 2+ tickets lands on both sides of a stratified split, so this set does not
     # depend on the seed (preflight checks with seed 0).
-    train_labels = sorted({tickets.names[tickets.labels[i]] for i in rest})
-    val = load_tickets(cfg.val_path, train_labels, labels_from=f"the training part of {tickets.path}", columns=columns)
-    val.labels = [tickets.names.index(val.names[k]) for k in val.labels]  # into the training label order
-    val.names = tickets.names
-    return tickets, val, {"train": rest, "test": test}
+    train_labels = sorted({tickets.names[tickets.labels[i]] for i in parts["train"]})
+    source = tickets.path if len(paths) == 2 else f"the training part of {tickets.path}"
+    given = {}
+    for name, path in paths.items():
+        t = load_tickets(path, train_labels, labels_from=str(source), columns=columns)
+        t.labels = [tickets.names.index(t.names[k]) for k in t.labels]  # into the training label order
+        t.names = tickets.names
+        given[name] = t
+    check_label_keys(cfg, tickets.names, str(tickets.path))
+    return tickets, given, parts
+
+
+def check_label_keys(cfg: Config, names: list[str], where: str) -> None:
+    if cfg.out_of_scope is not None and cfg.out_of_scope not in names:
+        raise TicketDataError(f"task.out_of_scope: no ticket in {where} has the label {cfg.out_of_scope!r}; "
+                              f"set it to the label of tickets that fit no team, or remove it")
+    load_domains(cfg, names)
+
+
+def load_domains(cfg: Config, names: list[str]) -> dict[str, list[str]] | None:
+    """task.domains checked: a JSON object of lists of labels, each label one of `names`."""
+    if cfg.domains is None:
+        return None
+    path = Path(cfg.domains)
+    try:
+        domains = json.loads(decode_utf8(path.read_bytes(), path))
+    except OSError:
+        raise TicketDataError(f"task.domains: {path} cannot be read; give a JSON file {{domain: [labels]}}") from None
+    except ValueError as exc:
+        raise TicketDataError(f"task.domains: {path} is not JSON ({exc})") from None
+    if not isinstance(domains, dict) or not all(isinstance(v, list) for v in domains.values()):
+        raise TicketDataError(f"task.domains: {path} must hold a JSON object of label lists, {{domain: [labels]}}")
+    for domain, labels in domains.items():
+        unknown = [x for x in labels if x not in names]
+        if unknown:
+            raise TicketDataError(f"task.domains: {path} puts label {unknown[0]!r} in domain {domain!r}, but no "
+                                  "ticket has that label; fix the file or task.labels")
+    return domains
 
 
 def preflight(cfg: Config) -> None:
@@ -163,6 +225,9 @@ def preflight(cfg: Config) -> None:
             open_shards(cfg, cfg.val_path, "val_path")
         else:
             load_tickets(cfg.val_path, cfg.labels, columns=(cfg.text_column, cfg.label_column))
+        if cfg.test_path is not None:
+            load_tickets(cfg.test_path, cfg.labels, columns=(cfg.text_column, cfg.label_column))
+        check_label_keys(cfg, list(cfg.labels), "task.labels")
     else:
         load_data(cfg, seed=0)
     resolve_model_path(cfg.model_path)
@@ -171,12 +236,12 @@ def preflight(cfg: Config) -> None:
 def build(cfg: Config, ctx: BuildContext) -> Task:
     if is_sharded(cfg.data_path):
         return build_sharded(cfg, ctx)
-    tickets, val, parts = load_data(cfg, ctx.seed)
+    tickets, given, parts = load_data(cfg, ctx.seed)
     if ctx.dist.is_main:
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
         record = split_record(tickets, parts, ctx.seed)
-        if val is not None:
-            record["val_path"], record["val_sha256"] = str(val.path), val.sha256
+        for name, t in given.items():
+            record[f"{name}_path"], record[f"{name}_sha256"] = str(t.path), t.sha256
         (ctx.output_dir / "split.json").write_text(json.dumps(record, indent=1))
 
     model_dir = resolve_model_path(cfg.model_path)
@@ -184,9 +249,8 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
     encode = lambda texts: tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]  # noqa: E731
     ids = encode(tickets.texts)
     data = {name: Encoded([ids[i] for i in idx], [tickets.labels[i] for i in idx]) for name, idx in parts.items()}
-    if val is not None:
-        data["val"] = Encoded(encode(val.texts), val.labels)
-    return make_task(model_dir, tokenizer, tickets.names, data["train"], data["val"], data["test"])
+    data.update({name: Encoded(encode(t.texts), t.labels) for name, t in given.items()})
+    return make_task(cfg, ctx, model_dir, tokenizer, tickets.names, data["train"], data["val"], data["test"])
 
 
 def build_sharded(cfg: Config, ctx: BuildContext) -> Task:
@@ -202,19 +266,43 @@ def build_sharded(cfg: Config, ctx: BuildContext) -> Task:
     else:
         tickets = load_tickets(cfg.val_path, names, columns=columns)
         val = Encoded(tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"], tickets.labels)
+    test = None
+    if cfg.test_path is not None:
+        tickets = load_tickets(cfg.test_path, names, columns=columns)
+        test = Encoded(tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"], tickets.labels)
     if ctx.dist.is_main:
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
         (ctx.output_dir / "split.json").write_text(json.dumps(
             {"data_path": cfg.data_path, "shards": train.fingerprint(), "val_path": cfg.val_path, "labels": names,
-             "counts": {"train": len(train), "val": len(val)}}, indent=1))
-    return make_task(model_dir, tokenizer, names, train, val, None)
+             "test_path": cfg.test_path, "counts": {"train": len(train), "val": len(val)}}, indent=1))
+    return make_task(cfg, ctx, model_dir, tokenizer, names, train, val, test)
 
 
-def make_task(model_dir: Path, tokenizer, names: list[str], train, val, test) -> Task:
+def make_task(cfg: Config, ctx: BuildContext, model_dir: Path, tokenizer, names: list[str], train, val, test) -> Task:
     k = len(names)
+    oos = names.index(cfg.out_of_scope) if cfg.out_of_scope is not None else None
+    domains = load_domains(cfg, names)
+    abstain = cfg.abstain
 
     def forward(model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def eval_stats(logits, batch):
+        stats = {"confusion": confusion(logits, batch["labels"], k)}
+        if abstain is not None:
+            stats["confidence"] = confidence_counts(logits, batch["labels"], oos)
+        return stats
+
+    def calibrate(val_sums, test_sums):
+        """The abstention threshold, chosen on the validation split and judged on the test split."""
+        from recipes.ticket_router.abstain import calibrate as choose, write_report
+
+        result = choose(val_sums["confidence"], test_sums["confidence"], abstain)
+        if ctx.dist.is_main:
+            write_report(result, ctx.output_dir)
+        t = result["test"]
+        return {"abstain_threshold": result["threshold"], "routed_accuracy": t["routed_accuracy"],
+                "review_share": t["review_share"], "abstain": result}
 
     return Task(
         model=lambda: load_model(model_dir, names),
@@ -223,9 +311,12 @@ def make_task(model_dir: Path, tokenizer, names: list[str], train, val, test) ->
         val_data=val,
         test_data=test,
         forward=forward,
-        loss_fn=lambda logits, batch: F.cross_entropy(logits.float(), batch["labels"]),
-        eval_stats=lambda logits, batch: {"confusion": confusion(logits, batch["labels"], k)},
-        summarize=lambda sums: report(sums["confusion"], names),
+        loss_fn=lambda logits, batch: F.cross_entropy(logits.float(), batch["labels"],
+                                                      label_smoothing=cfg.label_smoothing),
+        eval_stats=eval_stats,
+        summarize=lambda sums: report(sums["confusion"], names, oos, domains),
+        calibrate=calibrate if abstain is not None else None,
+        lr_scale=lambda name: cfg.head_lr_scale if "classifier" in name.split(".") else 1.0,
         collate_fn=PadCollate(tokenizer.pad_token_id),
         count_tokens=lambda batch: batch["attention_mask"].sum(),
         shard_units=transformer_layers,  # strategy fsdp: each transformer layer is one unit
