@@ -20,6 +20,7 @@ from dtrain.checkpoint import CheckpointError, CheckpointManager, load_file
 from recipes.ticket_router.data import TicketDataError
 from dtrain.config import load_config
 from recipes.ticket_router import load_model, load_tokenizer, resolve_model_path
+from recipes.ticket_router.abstain import NEEDS_REVIEW
 from recipes.ticket_router.data import SHIPPED, decode_utf8, load_tickets, read_rows, split
 
 PARITY_ATOL = 1e-3
@@ -48,13 +49,27 @@ def _checkpoint_dir(run_dir: Path, which: str) -> Path:
 
 
 def load_trained(run_dir: Path, which: str = "best"):
-    """(model in eval mode, tokenizer, label names, cfg) from a run directory's checkpoint."""
+    """(model in eval mode, tokenizer, label names, cfg, abstention or None) from a run's checkpoint."""
     cfg = load_config(run_dir / "config.yaml")
     model_dir = resolve_model_path(cfg.task.model_path)
     names = json.loads((run_dir / "split.json").read_text())["labels"]
     model = load_model(model_dir, names)
-    model.load_state_dict(load_file(_checkpoint_dir(run_dir, which) / "model.pt"))
-    return model.eval(), load_tokenizer(model_dir), names, cfg
+    checkpoint = _checkpoint_dir(run_dir, which)
+    model.load_state_dict(load_file(checkpoint / "model.pt"))
+    return model.eval(), load_tokenizer(model_dir), names, cfg, abstention(run_dir, checkpoint, cfg.task.out_of_scope)
+
+
+def abstention(run_dir: Path, checkpoint: Path, out_of_scope: str | None) -> dict | None:
+    """What serving needs to send tickets to a person: the threshold chosen for `checkpoint` on the
+    validation split (test_report.json; None for another checkpoint, or without task.abstain), and the
+    out-of-scope label, whose tickets go to a person at any confidence."""
+    report_path = run_dir / "test_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    chosen = report.get("abstain") if report.get("checkpoint") == checkpoint.name else None
+    if chosen is None and out_of_scope is None:
+        return None
+    return {"threshold": chosen["threshold"] if chosen else 0.0, "top_k": chosen["top_k"] if chosen else 3,
+            "target": chosen["target"] if chosen else None, "out_of_scope": out_of_scope}
 
 
 def _batches(texts: Sequence[str], tokenizer, max_length: int, size: int = 32):
@@ -78,8 +93,9 @@ def parity(model, session, tokenizer, texts: Sequence[str], max_length: int) -> 
             "atol": PARITY_ATOL, "min_agreement": PARITY_MIN_AGREEMENT}
 
 
-def export_onnx(model, tokenizer, path: Path) -> None:
-    """ONNX graph with dynamic batch and sequence axes (TorchScript exporter: needs no onnxscript)."""
+def export_onnx(model, tokenizer, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """ONNX graph with dynamic batch and sequence axes (TorchScript exporter: needs no onnxscript).
+    `metadata` goes into the model's metadata_props: labels and threshold travel with the graph."""
     sample = tokenizer(["a ticket to trace the graph", "another"], padding=True, return_tensors="pt")
     torch.onnx.export(
         model.eval(), (sample["input_ids"], sample["attention_mask"]), str(path),
@@ -88,6 +104,13 @@ def export_onnx(model, tokenizer, path: Path) -> None:
                       "logits": {0: "batch"}},
         opset_version=17, dynamo=False,
     )
+    if metadata:
+        import onnx
+
+        graph = onnx.load(str(path))
+        for key, value in metadata.items():
+            graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        onnx.save(graph, str(path))
 
 
 def validation_texts(cfg, limit: int = 512) -> list[str]:
@@ -99,8 +122,8 @@ def validation_texts(cfg, limit: int = 512) -> list[str]:
     if is_sharded(t.val_path):
         rows = open_shards(t, t.val_path, "val_path")
         return [str(rows[i][t.text_column]) for i in range(min(len(rows), limit))]
-    if t.val_path is not None and is_sharded(t.data_path):
-        return load_tickets(t.val_path, None, columns=columns).texts
+    if t.val_path is not None:
+        return load_tickets(t.val_path, None, columns=columns).texts[:limit]
     tickets = load_tickets(t.data_path or SHIPPED, t.labels, columns=columns)
     return [tickets.texts[i] for i in split(tickets, t.val_fraction, t.test_fraction, cfg.seed)["val"]]
 
@@ -110,7 +133,7 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
     import onnxruntime as ort
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, tokenizer, names, cfg = load_trained(run_dir, checkpoint)
+    model, tokenizer, names, cfg, abstain = load_trained(run_dir, checkpoint)
     val_texts = validation_texts(cfg)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +144,8 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
     try:
         model.save_pretrained(tmp / "hf", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "hf")
-        export_onnx(model, tokenizer, tmp / "model.onnx")
+        export_onnx(model, tokenizer, tmp / "model.onnx", {
+            "dtrain.labels": json.dumps(names), "dtrain.abstain": json.dumps(abstain)})
         session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
         result = parity(model, session, tokenizer, val_texts, cfg.task.max_length)
         if result["max_abs_logit_diff"] > PARITY_ATOL or result["agreement"] < PARITY_MIN_AGREEMENT:
@@ -131,7 +155,7 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
                 f"{result['agreement']:.2%} (need {PARITY_MIN_AGREEMENT:.1%}); nothing was written"
             )
         meta = {"recipe": "ticket_router", "labels": names, "max_length": cfg.task.max_length,
-                "source": str(_checkpoint_dir(run_dir, checkpoint)), "parity": result}
+                "source": str(_checkpoint_dir(run_dir, checkpoint)), "abstain": abstain, "parity": result}
         (tmp / "dtrain_export.json").write_text(json.dumps(meta, indent=1) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -156,7 +180,10 @@ def read_ticket_file(path: Path) -> list[str]:
 
 
 class Router:
-    """Routes ticket texts with an exported directory (ONNX Runtime) or a run directory (PyTorch)."""
+    """Routes ticket texts with an exported directory (ONNX Runtime) or a run directory (PyTorch).
+
+    With abstention (task.abstain, or task.out_of_scope), a ticket predicted out of scope or below the
+    threshold gets label needs_review and its top candidate teams, for a person to pick from."""
 
     def __init__(self, source: str | Path):
         source = Path(source)
@@ -164,12 +191,12 @@ class Router:
             import onnxruntime as ort
 
             meta = json.loads((source / "dtrain_export.json").read_text())
-            self.names, self.max_length = meta["labels"], meta["max_length"]
+            self.names, self.max_length, self.abstain = meta["labels"], meta["max_length"], meta.get("abstain")
             self.tokenizer = load_tokenizer(source / "hf")
             session = ort.InferenceSession(str(source / "model.onnx"), providers=["CPUExecutionProvider"])
             self._logits = lambda feeds: session.run(["logits"], feeds)[0]
         elif (source / "config.yaml").is_file():
-            model, self.tokenizer, self.names, cfg = load_trained(source)
+            model, self.tokenizer, self.names, cfg, self.abstain = load_trained(source)
             self.max_length = cfg.task.max_length
 
             def logits(feeds):
@@ -182,23 +209,34 @@ class Router:
                 f"{source} is neither an exported model (dtrain_export.json) nor a run directory (config.yaml)"
             )
 
+    def route(self, probs: np.ndarray) -> dict:
+        """One ticket's answer from its class probabilities."""
+        k = int(probs.argmax())
+        out = {"label": self.names[k], "confidence": round(float(probs[k]), 4)}
+        a = self.abstain
+        if a is None or (self.names[k] != a["out_of_scope"] and probs[k] >= a["threshold"]):
+            return out
+        teams = [i for i in np.argsort(-probs, kind="stable") if self.names[i] != a["out_of_scope"]]
+        return {"label": NEEDS_REVIEW, "confidence": out["confidence"], "predicted": out["label"],
+                "candidates": [{"label": self.names[i], "confidence": round(float(probs[i]), 4)}
+                               for i in teams[: a["top_k"]]]}
+
     def __call__(self, texts: Sequence[str]) -> list[dict]:
         for i, text in enumerate(texts, 1):
             if not text or not text.strip():
                 raise TicketDataError(f"ticket {i} is empty; give the ticket's text")
         out = []
         for feeds in _batches(texts, self.tokenizer, self.max_length):
-            logits = self._logits(feeds)
+            logits = self._logits(feeds).astype(np.float32)
             probs = np.exp(logits - logits.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
-            for p in probs:
-                k = int(p.argmax())
-                out.append({"label": self.names[k], "confidence": round(float(p[k]), 4)})
+            out.extend(self.route(p) for p in probs)
         return [{"text": t, **o} for t, o in zip(texts, out)]
 
 
 def predict(source: str | Path, texts: Sequence[str] = (), file: str | Path | None = None) -> list[dict]:
-    """Route `texts`, or the tickets of `file`; each result has text, label and confidence."""
+    """Route `texts`, or the tickets of `file`; each result has text, label and confidence (and, for a
+    ticket sent to a person, label needs_review with the predicted label and the top candidates)."""
     if file is not None:
         texts = read_ticket_file(Path(file))
     return Router(source)(list(texts))

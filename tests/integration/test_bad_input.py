@@ -194,3 +194,24 @@ def test_deepspeed_fp16_on_the_cpu_is_refused_before_start(tmp_path):
     line = one_line(dtrain("run", MLP, "strategy=deepspeed", "train.precision=fp16", f"output_dir={out}",
                            check=False), 2, "train.precision: fp16 with strategy deepspeed needs a GPU")
     assert "Error" not in line and not out.exists()
+
+
+CLINC = "recipes/ticket_router/config_clinc150.yaml"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.out_of_scope=none_such"], "task.out_of_scope: no ticket in recipes/ticket_router/data/clinc150/train.jsonl "
+                                      "has the label 'none_such'"),
+    (["task.domains={tmp}/missing.json"], "task.domains: {tmp}/missing.json cannot be read"),
+    (["task.domains={tmp}/domains.json"], "task.domains: {tmp}/domains.json puts label 'refunds' in domain 'banking', "
+                                          "but no ticket has that label"),
+    (["task.abstain.max_misrouted=0.05"], "task.abstain: state exactly one target"),
+    (["task.abstain.min_oos_recall=1.5"], "task.abstain.min_oos_recall: a share between 0 and 1, got 1.5"),
+    (["task.out_of_scope=null"], "task.abstain.min_oos_recall: needs task.out_of_scope"),
+])
+def test_clinc150_settings_name_the_key(tmp_path, overrides, message):
+    (tmp_path / "domains.json").write_text('{"banking": ["balance", "refunds"]}')
+    out = tmp_path / "never"
+    args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
+    one_line(dtrain("run", CLINC, f"output_dir={out}", *args, check=False), 2, message.replace("{tmp}", str(tmp_path)))
+    assert not out.exists()

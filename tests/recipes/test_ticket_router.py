@@ -194,3 +194,137 @@ def test_ticket_shards_with_their_own_column_names_train_and_export(tmp_path, ti
     # found in a DataLoader worker mid-run: exit 1 (the run failed), the worker's message alone
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "worker" not in bad.stderr
     assert f"dtrain: error: {shards / 'part-2.jsonl'} row 1: unknown label 'refunds'; task.labels allows" in bad.stderr
+
+
+# ------------------------------------------------------------------ out of scope, domains, abstention (issue 15)
+
+
+def test_out_of_scope_and_domain_metrics_by_hand():
+    # labels: a, b (domain x), c (domain y), oos
+    cm = torch.tensor([[5, 1, 0, 0],   # a: 5 right, 1 to b
+                       [0, 3, 0, 1],   # b: 3 right, 1 sent out of scope
+                       [0, 0, 4, 0],   # c: 4 right
+                       [1, 0, 1, 2]])  # oos: 2 caught, 2 routed to a team
+    r = report(cm, ["a", "b", "c", "oos"], oos=3, domains={"x": ["a", "b"], "y": ["c"]})
+    assert r["in_scope_accuracy"] == pytest.approx(12 / 14)
+    assert r["oos_recall"] == pytest.approx(2 / 4) and r["oos_precision"] == pytest.approx(2 / 3)
+    assert r["per_domain_accuracy"] == {"x": round(8 / 10, 4), "y": 1.0}
+    assert r["accuracy"] == pytest.approx(14 / 18)
+
+
+def test_abstention_counts_match_routing_each_ticket_by_hand():
+    """confidence_counts + point give, for every threshold, what routing each ticket one by one gives."""
+    from recipes.ticket_router.metrics import BINS, choose_threshold, confidence_counts, point
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = 3 * torch.randn(400, 6, generator=g), torch.randint(0, 6, (400,), generator=g)
+    oos = 5
+    halves = [confidence_counts(logits[s], labels[s], oos) for s in (slice(0, 150), slice(150, None))]
+    counts = halves[0] + halves[1]  # sums over batches or ranks: the same as one pass
+    assert torch.equal(counts, confidence_counts(logits, labels, oos))
+    conf, pred = logits.softmax(-1).max(-1)
+    for k in (0, 150, 333, 500, 777, BINS):
+        t = k / BINS
+        routed = (pred != oos) & (torch.floor(conf * BINS) >= k)
+        right = routed & (pred == labels)
+        in_scope = labels != oos
+        p = point(counts, k)
+        assert p.in_scope_accuracy == pytest.approx(right[in_scope].sum().item() / in_scope.sum().item())
+        assert p.oos_recall == pytest.approx((~routed)[~in_scope].sum().item() / (~in_scope).sum().item())
+        assert p.review_share == pytest.approx(1 - routed.float().mean().item())
+        n_routed = routed.sum().item()
+        assert p.routed_accuracy == pytest.approx(right.sum().item() / n_routed if n_routed else 1.0), t
+    # the lowest threshold that meets the target: one step lower misses it
+    for target in (0.3, 0.6, 0.9):
+        k = choose_threshold(counts, min_oos_recall=target)
+        assert point(counts, k).oos_recall >= target and (k == 0 or point(counts, k - 1).oos_recall < target)
+    k = choose_threshold(counts, max_misrouted=0.2)
+    assert point(counts, k).misrouted <= 0.2 and (k == 0 or point(counts, k - 1).misrouted > 0.2)
+
+
+CLINC = "recipes/ticket_router/config_clinc150.yaml"
+CLINC_DIR = SHIPPED.parent / "clinc150"
+
+
+def clinc_sample(tmp_path, domains=("banking", "travel")):
+    """A few hundred CLINC150 queries: the intents of two domains and out-of-scope queries from each split."""
+    all_domains = json.loads((CLINC_DIR / "domains.json").read_text())
+    keep = {d: all_domains[d] for d in domains}
+    intents = {x for labels in keep.values() for x in labels}
+    paths = {}
+    for split_name, per_label in (("train", 6), ("val", 3), ("test", 3)):
+        rows = [json.loads(line) for line in (CLINC_DIR / f"{split_name}.jsonl").read_text().splitlines()]
+        seen: dict[str, int] = {}
+        picked = []
+        for r in rows:
+            limit = per_label * 8 if r["label"] == "oos" else per_label
+            if (r["label"] in intents or r["label"] == "oos") and seen.get(r["label"], 0) < limit:
+                seen[r["label"]] = seen.get(r["label"], 0) + 1
+                picked.append(r)
+        paths[split_name] = tmp_path / f"{split_name}.jsonl"
+        paths[split_name].write_text("".join(json.dumps(r) + "\n" for r in picked))
+    (tmp_path / "domains.json").write_text(json.dumps(keep))
+    return paths
+
+
+def test_clinc150_files_are_the_official_splits():
+    counts = {s: [json.loads(x)["label"] for x in (CLINC_DIR / f"{s}.jsonl").read_text().splitlines()]
+              for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in counts.items()} == {"train": 15100, "val": 3100, "test": 5500}
+    assert {s: v.count("oos") for s, v in counts.items()} == {"train": 100, "val": 100, "test": 1000}
+    domains = json.loads((CLINC_DIR / "domains.json").read_text())
+    assert len(domains) == 10 and sorted(x for v in domains.values() for x in v) == sorted(set(counts["train"]) - {"oos"})
+    assert (CLINC_DIR / "LICENSE").is_file() and "Attribution 3.0" in (CLINC_DIR / "LICENSE").read_text()
+
+
+@pytest.mark.slow
+def test_clinc150_pipeline_with_abstention_end_to_end(tmp_path, tiny_model):
+    """config_clinc150.yaml on a few hundred real queries: out-of-scope and per-domain metrics, a threshold
+    chosen on validation and judged on test, the trade-off report, the export carrying the threshold (ONNX
+    parity and metadata), and predict sending exactly the low-confidence tickets to a person."""
+    paths = clinc_sample(tmp_path)
+    out = tmp_path / "run"
+    proc = launch(2, CLINC, f"task.model_path={tiny_model}", f"output_dir={out}", f"task.data_path={paths['train']}",
+                  f"task.val_path={paths['val']}", f"task.test_path={paths['test']}",
+                  f"task.domains={tmp_path / 'domains.json'}", "train.max_steps=12", "train.eval_every=6",
+                  "optim.lr=1e-3", "optim.warmup_steps=2")
+    assert "[test]" in proc.stdout and "abstain_threshold=" in proc.stdout
+    r = json.loads((out / "test_report.json").read_text())
+    names = json.loads((out / "split.json").read_text())["labels"]
+    cm, oos = torch.tensor(r["confusion_matrix"]), names.index("oos")
+    test_rows = paths["test"].read_text().splitlines()
+    assert cm.sum().item() == len(test_rows)  # all of test.jsonl, none of it trained on
+    in_scope = [i for i in range(len(names)) if i != oos]
+    assert r["in_scope_accuracy"] == pytest.approx(cm.diag()[in_scope].sum().item() / cm[in_scope].sum().item())
+    assert r["oos_recall"] == pytest.approx(cm[oos, oos].item() / cm[oos].sum().item())
+    assert set(r["per_domain_accuracy"]) == {"banking", "travel"}
+
+    a = r["abstain"]
+    assert a["target"] == {"min_oos_recall": 0.6} and a["val"]["oos_recall"] >= 0.6
+    assert r["abstain_threshold"] == a["threshold"] and r["review_share"] == a["test"]["review_share"]
+    assert "**(chosen)**" in (out / "abstain.md").read_text()
+    assert (out / "abstain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    export_dir = tmp_path / "export"
+    meta = json.loads(dtrain("export", str(out), str(export_dir)).stdout)
+    assert meta["parity"]["tickets"] == len(paths["val"].read_text().splitlines()) and meta["parity"]["agreement"] >= 0.995
+    assert meta["abstain"]["threshold"] == a["threshold"] and meta["abstain"]["out_of_scope"] == "oos"
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(export_dir / "model.onnx")).metadata_props}
+    assert json.loads(props["dtrain.abstain"])["threshold"] == a["threshold"] and json.loads(props["dtrain.labels"]) == names
+
+    # predict on the validation queries: the share sent to a person is the one chosen on validation
+    val_texts = [json.loads(x)["text"] for x in paths["val"].read_text().splitlines()]
+    rows = [json.loads(x) for x in dtrain("predict", str(export_dir), "--file", str(paths["val"])).stdout.splitlines()]
+    assert [x["text"] for x in rows] == val_texts
+    review = [x for x in rows if x["label"] == "needs_review"]
+    assert abs(len(review) / len(rows) - a["val"]["review_share"]) <= 2 / len(rows)  # bins vs float, padding
+    for x in rows:
+        if x["label"] == "needs_review":
+            assert x["predicted"] == "oos" or x["confidence"] < a["threshold"] + 1e-3
+            assert 1 <= len(x["candidates"]) <= 3 and all(c["label"] != "oos" for c in x["candidates"])
+        else:
+            assert x["label"] != "oos" and x["confidence"] >= a["threshold"] - 1e-3
+    from_ckpt = [json.loads(x) for x in dtrain("predict", str(out), *val_texts[:20]).stdout.splitlines()]
+    assert [x["label"] for x in from_ckpt] == [x["label"] for x in rows[:20]]
