@@ -1,4 +1,4 @@
-"""Slurm: render an sbatch script from the templates in slurm/, submit it, and read an allocation.
+"""Slurm: render an sbatch script from the templates in dtrain/templates/ (package data), submit it, and read an allocation.
 
 The batch script asks Slurm for USR1 ahead of the time limit. Its trap touches <run_dir>/PREEMPT,
 every rank sees it at the next step boundary, rank 0 checkpoints, dtrain writes <run_dir>/PREEMPTED
@@ -19,7 +19,7 @@ from typing import Mapping
 
 from dtrain.preemption import DONE_FILE as PREEMPTED_FILE
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "slurm"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # inside the package: found from a wheel too
 
 COMMON = """\
 set -uo pipefail
