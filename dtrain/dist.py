@@ -14,6 +14,7 @@ import datetime
 import gc
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -146,12 +147,24 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def node_name(env: Mapping[str, str] = os.environ) -> str:
+    """This rank's node: Slurm's name for it (several slurmd may share one host), else the host name."""
+    return env.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def describe_cpus(state: DistState) -> str:
-    """One line for rank 0's log: how many CPUs each rank may use (a collective: every rank calls it)."""
-    counts = gather_objects(usable_cpus(), state)
-    if len(set(counts)) == 1:
-        return f"{counts[0]} CPU(s) per rank"
-    return "CPU(s) per rank, rank 0 first: " + ", ".join(map(str, counts))
+    """One line for rank 0's log: how many CPUs each rank may use and, across nodes, which node holds
+    which ranks (a collective: every rank calls it)."""
+    found = gather_objects((usable_cpus(), node_name()), state)
+    counts = [c for c, _ in found]
+    line = f"{counts[0]} CPU(s) per rank" if len(set(counts)) == 1 else \
+        "CPU(s) per rank, rank 0 first: " + ", ".join(map(str, counts))
+    by_node: dict[str, list[int]] = {}
+    for rank, (_, node) in enumerate(found):
+        by_node.setdefault(node, []).append(rank)
+    if len(by_node) > 1:
+        line += "; ranks per node: " + ", ".join(f"{node}=[{','.join(map(str, ranks))}]" for node, ranks in by_node.items())
+    return line
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0, env: Mapping[str, str] = os.environ) -> DistState:

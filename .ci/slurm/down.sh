@@ -6,7 +6,15 @@
 set -uo pipefail
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 PIDFILE=/tmp/dtrain-slurm.pids
-[ -f "$PIDFILE" ] || { echo "slurm: nothing to stop"; exit 0; }
+# The node names up.sh added (2-node mode); rewritten in place, /etc/hosts may be a bind mount.
+forget_node_names() {
+    if grep -q '# dtrain-slurm$' /etc/hosts 2>/dev/null; then
+        local kept
+        kept=$(grep -v '# dtrain-slurm$' /etc/hosts)
+        printf '%s\n' "$kept" > /etc/hosts
+    fi
+}
+[ -f "$PIDFILE" ] || { forget_node_names; echo "slurm: nothing to stop"; exit 0; }
 
 pids=()
 while read -r pid; do
@@ -49,5 +57,6 @@ if [ "${#pids[@]}" -gt 0 ]; then
     fi
 fi
 rm -f "$PIDFILE"
+forget_node_names
 echo "slurm: stopped"
 exit 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a real single-node Slurm cluster (slurmctld + slurmd + munged) on this host for tests.
+# Start a real Slurm cluster (slurmctld + slurmd per node + munged) on this host for tests.
 # For CI: Debian 12, run as root, no systemd needed. Idempotent. Stop it with .ci/slurm/down.sh.
 # Daemon PIDs go to /tmp/dtrain-slurm.pids (down.sh kills exactly those).
 set -euo pipefail
@@ -14,7 +14,13 @@ log() { echo "slurm: $*"; }
 
 [ "$(id -u)" -eq 0 ] || { echo "slurm: up.sh must run as root" >&2; exit 1; }
 
-node_state() { timeout 5 sinfo -h -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-' || true; }
+# DTRAIN_SLURM_NODES=2 (or more): that many nodes on this host, n1, n2, ..., one slurmd each (slurmd -N,
+# its own Port= and %n in its spool/pid/log paths), the host's CPUs and memory split between them and
+# the names resolving to 127.0.0.1 (/etc/hosts lines marked "# dtrain-slurm", removed by down.sh).
+# 1 (the default): one node named after the host, with all of it.
+NODES=${DTRAIN_SLURM_NODES:-1}
+# The state of every node (one line when they agree): "idle" once all are.
+node_state() { timeout 5 sinfo -h -N -o %T 2>/dev/null | tr -d '*~#!%$@^-' | sort -u | paste -sd, || true; }
 
 # ---------- the config this host gets ----------
 # task/affinity with TaskPluginParam=Threads binds every task to exactly its --cpus-per-task CPUs
@@ -26,9 +32,30 @@ host=$(hostname -s)
 cpus=$(nproc)
 mem_total=$(free -m | awk '/^Mem:/ {print $2}')
 real_mem=$(( mem_total * 90 / 100 ))   # a bit below the total, or slurmd drains the node
+if [ "$NODES" -le 1 ]; then
+    names=("$host")
+    node_lines="NodeName=${host} NodeAddr=127.0.0.1 NodeHostname=${host} CPUs=${cpus} RealMemory=${real_mem} State=UNKNOWN"
+    part_nodes=$host
+    slurmd_paths="SlurmdSpoolDir=/var/spool/slurmd
+SlurmdPidFile=/run/slurmd.pid
+SlurmdLogFile=${LOG_DIR}/slurmd.log"
+else
+    names=(); node_lines=""
+    node_cpus=$(( cpus / NODES )); [ "$node_cpus" -ge 1 ] || node_cpus=1
+    node_mem=$(( real_mem / NODES ))
+    for i in $(seq "$NODES"); do
+        names+=("n$i")
+        node_lines+="NodeName=n$i NodeAddr=127.0.0.1 NodeHostname=${host} Port=$(( 17000 + i )) CPUs=${node_cpus} RealMemory=${node_mem} State=UNKNOWN"$'\n'
+    done
+    node_lines=${node_lines%$'\n'}
+    part_nodes="n[1-$NODES]"
+    slurmd_paths="SlurmdSpoolDir=/var/spool/slurmd-%n
+SlurmdPidFile=/run/slurmd-%n.pid
+SlurmdLogFile=${LOG_DIR}/slurmd-%n.log"
+fi
 
 conf=$(cat <<CONF
-# Written by dtrain .ci/slurm/up.sh - single-node test cluster.
+# Written by dtrain .ci/slurm/up.sh - test cluster of ${NODES} node(s) on one host.
 ClusterName=dtrain-ci
 SlurmctldHost=${host}(127.0.0.1)
 SlurmUser=root
@@ -55,15 +82,13 @@ InactiveLimit=0
 KillWait=10
 MinJobAge=600
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=${LOG_DIR}/slurmctld.log
-SlurmdLogFile=${LOG_DIR}/slurmd.log
+${slurmd_paths}
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName=${host} NodeAddr=127.0.0.1 NodeHostname=${host} CPUs=${cpus} RealMemory=${real_mem} State=UNKNOWN
-PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP
+${node_lines}
+PartitionName=debug Nodes=${part_nodes} Default=YES MaxTime=INFINITE State=UP
 CONF
 )
 
@@ -77,11 +102,14 @@ if command -v sinfo >/dev/null 2>&1 && [ -s "$PIDFILE" ] \
         [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || alive=0
     done < "$PIDFILE"
     if [ "$alive" -eq 1 ]; then
-        case "$(node_state)" in
-            idle|mix|mixed|alloc|allocated|comp|completing)
-                log "ready (already running)"
-                exit 0 ;;
-        esac
+        usable=1
+        for st in $(node_state | tr , ' '); do
+            case "$st" in idle|mix|mixed|alloc|allocated|comp|completing) ;; *) usable=0 ;; esac
+        done
+        if [ "$usable" -eq 1 ] && [ -n "$(node_state)" ]; then
+            log "ready (already running)"
+            exit 0
+        fi
     fi
 fi
 
@@ -146,15 +174,30 @@ fi
 [ -n "$munged_pid" ] && echo "$munged_pid" > "$PIDFILE"   # (an already-running munged is not ours to stop)
 
 # ---------- slurm dirs + config ----------
-install -d -m 0755 -o root -g root "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR"
+install -d -m 0755 -o root -g root "$CONF_DIR" /var/spool/slurmctld "$LOG_DIR"
+for name in "${names[@]}"; do
+    install -d -m 0755 -o root -g root "/var/spool/slurmd$([ "$NODES" -le 1 ] || echo "-$name")"
+done
 printf '%s\n' "$conf" > "$CONF_DIR/slurm.conf"
+if [ "$NODES" -gt 1 ]; then
+    # The node names must resolve (the rendezvous host is the allocation's first node). In place, not by
+    # rename: a container's /etc/hosts is often a bind mount.
+    for name in "${names[@]}"; do
+        getent hosts "$name" >/dev/null || echo "127.0.0.1 $name  # dtrain-slurm" >> /etc/hosts
+    done
+fi
 
 # ---------- start daemons ----------
-rm -f /run/slurmctld.pid /run/slurmd.pid
-: > "$LOG_DIR/slurmctld.log"; : > "$LOG_DIR/slurmd.log"
+rm -f /run/slurmctld.pid /run/slurmd.pid /run/slurmd-*.pid
+: > "$LOG_DIR/slurmctld.log"
+slurmd_log() { [ "$NODES" -le 1 ] && echo "$LOG_DIR/slurmd.log" || echo "$LOG_DIR/slurmd-$1.log"; }
+slurmd_pidfile() { [ "$NODES" -le 1 ] && echo /run/slurmd.pid || echo "/run/slurmd-$1.pid"; }
+for name in "${names[@]}"; do : > "$(slurmd_log "$name")"; done
 show_logs() {
     echo "---- slurmctld.log (tail) ----" >&2; tail -n 30 "$LOG_DIR/slurmctld.log" >&2 || true
-    echo "---- slurmd.log (tail) ----" >&2;    tail -n 30 "$LOG_DIR/slurmd.log" >&2 || true
+    for name in "${names[@]}"; do
+        echo "---- $(slurmd_log "$name") (tail) ----" >&2; tail -n 30 "$(slurmd_log "$name")" >&2 || true
+    done
 }
 wait_pidfile() {  # $1 = pid file; prints the pid once the daemon wrote it
     for _ in $(seq 100); do
@@ -167,9 +210,14 @@ wait_pidfile() {  # $1 = pid file; prints the pid once the daemon wrote it
 slurmctld -c || { show_logs; exit 1; }
 ctld_pid=$(wait_pidfile /run/slurmctld.pid) || { echo "slurm: slurmctld did not start" >&2; show_logs; exit 1; }
 echo "$ctld_pid" >> "$PIDFILE"
-slurmd || { show_logs; exit 1; }
-slurmd_pid=$(wait_pidfile /run/slurmd.pid) || { echo "slurm: slurmd did not start" >&2; show_logs; exit 1; }
-echo "$slurmd_pid" >> "$PIDFILE"
+for name in "${names[@]}"; do
+    if [ "$NODES" -le 1 ]; then slurmd || { show_logs; exit 1; }
+    else slurmd -N "$name" || { show_logs; exit 1; }
+    fi
+    slurmd_pid=$(wait_pidfile "$(slurmd_pidfile "$name")") \
+        || { echo "slurm: slurmd of node $name did not start" >&2; show_logs; exit 1; }
+    echo "$slurmd_pid" >> "$PIDFILE"
+done
 
 # ---------- wait for the node ----------
 resumed=0
@@ -179,18 +227,20 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     state=$(node_state)
     case "$state" in
         idle)
-            log "ready (node ${host}, ${cpus} CPUs, ${real_mem} MB; $(( $(date +%s) - t0 ))s)"
+            if [ "$NODES" -le 1 ]; then log "ready (node ${host}, ${cpus} CPUs, ${real_mem} MB; $(( $(date +%s) - t0 ))s)"
+            else log "ready (${NODES} nodes ${part_nodes} on ${host}, ${node_cpus} CPU(s) and ${node_mem} MB each; $(( $(date +%s) - t0 ))s)"
+            fi
             exit 0 ;;
-        down*|drain*|drng|drained|draining|fail*)
+        *down*|*drain*|*drng*|*fail*)
             if [ "$resumed" -eq 0 ]; then
-                log "node is '$state'; resuming it"
-                scontrol update nodename="$host" state=resume || true
+                log "node state '$state'; resuming"
+                scontrol update nodename="$part_nodes" state=resume || true
                 resumed=1
             fi ;;
     esac
     sleep 1
 done
 echo "slurm: node did not become idle within ${WAIT_S}s (last state: '${state}')" >&2
-timeout 5 scontrol show node "$host" >&2 || true
+timeout 5 scontrol show node >&2 || true
 show_logs
 exit 1

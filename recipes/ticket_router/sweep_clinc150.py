@@ -21,6 +21,7 @@ CONFIG = "recipes/ticket_router/config_clinc150.yaml"
 CANDIDATES = {  # name -> overrides of CONFIG
     "lr1e-4_head10": [],
     "lr2e-4_head10": ["optim.lr=2e-4"],
+    "lr3e-4_head10": ["optim.lr=3e-4"],
     "lr5e-5_head10": ["optim.lr=5e-5"],
     "lr1e-4_head1": ["task.head_lr_scale=1.0"],
     "lr1e-4_head10_ls0.1": ["task.label_smoothing=0.1"],

@@ -41,6 +41,18 @@ def slurm():
         pytest.skip(problem)
 
 
+def layout() -> tuple[int, int]:
+    """(nodes, CPUs per node) of the cluster: 1 node with the host's CPUs, or .ci/slurm/up.sh's 2-node mode."""
+    rows = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c"], capture_output=True, text=True).stdout.split("\n")
+    nodes = {r.split()[0]: int(r.split()[1]) for r in rows if r.strip()}
+    return len(nodes), min(nodes.values())
+
+
+def ranks_spec() -> list[str]:
+    """2 ranks: over 2 nodes (one each) where the cluster has them, else 2 tasks on the one node."""
+    return ["--nodes=2", "--procs-per-node=1"] if layout()[0] >= 2 else ["--procs-per-node=2"]
+
+
 def job_field(job_id: str, key: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", job_id, "-o"], capture_output=True, text=True).stdout
     m = re.search(rf"\b{key}=(\S+)", out)
@@ -62,8 +74,9 @@ def wait_done(job_id: str, timeout: float = 240) -> str:
     return wait_for(lambda: (s := job_field(job_id, "JobState")) in final and s, timeout, f"job {job_id} to end")
 
 
-def submit(config: str, *args: str, procs: int = 2, cpus: int = 1) -> str:
-    proc = dtrain("slurm", "submit", "--launcher=srun", f"--procs-per-node={procs}", f"--cpus-per-task={cpus}",
+def submit(config: str, *args: str, spec: list[str] | None = None, cpus: int = 1, launcher: str = "srun") -> str:
+    """`dtrain slurm submit`; spec: the nodes and tasks (default: 2 ranks, see ranks_spec)."""
+    proc = dtrain("slurm", "submit", f"--launcher={launcher}", *(spec or ranks_spec()), f"--cpus-per-task={cpus}",
                   "--time=10", config, *args)
     return proc.stdout.strip().splitlines()[-1]
 
@@ -74,15 +87,18 @@ def logs(run_dir: Path, job_id: str) -> str:
 
 @pytest.mark.slow
 def test_job_trains_vision_end_to_end_on_the_cpus_it_asked_for(slurm, tmp_path):
-    # One task with both CPUs of a 2-CPU CI host. The cluster binds each task to its CPUs per task
-    # (.ci/slurm/up.sh): an srun step that does not pass --cpus-per-task on (Slurm >= 22.05) gets one.
+    # One task with all CPUs of a node (both of a 2-CPU CI host in 1-node mode). The cluster binds each task
+    # to its CPUs per task (.ci/slurm/up.sh): an srun step that does not pass --cpus-per-task on
+    # (Slurm >= 22.05) gets one, which this catches wherever a node has 2 CPUs.
+    cpus = layout()[1]
     run_dir = tmp_path / "vision"
     job = submit("recipes/vision/config.yaml", f"output_dir={run_dir}", "task.widths=[8,16]",
-                 "task.blocks_per_stage=1", "train.max_steps=6", "train.log_every=2", procs=1, cpus=2)
+                 "task.blocks_per_stage=1", "train.max_steps=6", "train.log_every=2", spec=["--procs-per-node=1"],
+                 cpus=cpus)
     assert wait_done(job) == "COMPLETED", logs(run_dir, job)
     assert (run_dir / "job.sbatch").is_file() and (run_dir / f"slurm-{job}.out").is_file()
     text = logs(run_dir, job)
-    assert "1 rank(s) on cpu" in text and "2 CPU(s) per rank" in text, text
+    assert "1 rank(s) on cpu" in text and f"{cpus} CPU(s) per rank" in text, text
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
     assert final_checkpoint(run_dir).name == "step_00000006"
@@ -117,6 +133,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(slurm, tmp_path)
     text = logs(run_dir, job)
     assert "USR1: asking dtrain to checkpoint and stop" in text and "requeueing job" in text
     assert "1 CPU(s) per rank" in text  # two tasks, each bound to its own CPU
+    if layout()[0] >= 2:  # and the requeued job ran across both nodes again
+        assert text.count("ranks per node: ") >= 2 and "n1=[" in text and "n2=[" in text, text
     stopped = int(re.search(r"stopped at step (\d+) on request", text).group(1))
     assert 6 <= stopped < 64 and f"at step {stopped}" in text  # resumed from the step it stopped at
     assert not (run_dir / "PREEMPTED").exists()
