@@ -351,6 +351,25 @@ def user_traceback(exc: BaseException) -> str | None:
     return "".join(lines)
 
 
+# How gloo (and NCCL) say that the other end of a collective has gone: its process or its node died.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+
+
+def lost_peer(text: str, env=os.environ) -> str:
+    """The line a rank prints when another rank vanished mid-collective: this rank and node, the peer's
+    address as the backend gave it; the launcher's (or Slurm's) log names the rank or node that died."""
+    import re
+
+    from dtrain.dist import node_name
+
+    rank = env.get("RANK") or env.get("SLURM_PROCID") or "0"
+    peer = re.search(r"peer \[?([0-9A-Za-z.:-]+?)\]?:(\d+)", text)
+    at = f" (at {peer.group(1)}:{peer.group(2)})" if peer else ""
+    return (f"rank {rank} on {node_name(env)} lost its connection to another rank{at}: that rank's process or "
+            "its node has gone, and the launcher's or Slurm's log says which. Run the same command (or let "
+            "Slurm requeue the job) to continue from the newest complete checkpoint")
+
+
 def plain(exc: BaseException) -> str:
     """One line for the user. dtrain's own errors already say what is wrong and what to do; a system
     error is said in words, with the file; anything else is unexpected, and --debug shows where."""
@@ -363,6 +382,8 @@ def plain(exc: BaseException) -> str:
         text = last[len(name):] if last.startswith(name) else last.split(": ", 1)[-1]
     if type(exc).__module__.startswith(("dtrain.", "recipes.")):
         return text
+    if any(sign in text for sign in PEER_LOST):
+        return lost_peer(text)
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"

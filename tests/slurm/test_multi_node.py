@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import dtrain, final_checkpoint, launch
-from tests.slurm.test_cluster import layout, logs, slurm, submit, wait_done  # noqa: F401  (slurm: the fixture)
+from tests.slurm.test_cluster import (  # noqa: F401  (slurm: the fixture)
+    job_field, layout, logs, slurm, submit, wait_done, wait_for,
+)
 
 MLP = "recipes/mlp/config.yaml"
 COMMON = ["task.num_train=256", "task.dropout=0.1", "train.epochs=2", "train.batch_size=16", "train.log_every=4",
@@ -59,3 +65,67 @@ def test_two_nodes_train_to_the_weights_of_one(two_nodes, one_node_weights, tmp_
     assert got.keys() == one_node_weights.keys()
     differ = [k for k in got if not torch.equal(got[k], one_node_weights[k])]
     assert not differ, f"{template}.sbatch over 2 nodes: {differ} differ from 2 ranks on one node"
+
+
+def _processes(job: str, node: str) -> list[int]:
+    """PIDs of the job's dtrain ranks that Slurm started on `node` (several slurmd share this host)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            env = dict(x.split("=", 1) for x in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in x)
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job and env.get("SLURMD_NODENAME") == node and "dtrain.cli" in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_node_loss_fails_fast_names_it_and_the_job_resumes_exactly(two_nodes, tmp_path):
+    """n2's slurmd, its step daemon and its rank killed mid-run: the rank left fails at once naming itself,
+    Slurm names n2; with n2 back, the requeued (or resubmitted) job resumes from the newest checkpoint and
+    ends bitwise equal to an unbroken run."""
+    common = ["task.num_train=512", "train.epochs=4", "train.batch_size=16", "train.log_every=2",
+              "checkpoint.every_epoch=false", "checkpoint.every_steps=4", "checkpoint.keep_last=5"]
+    run_dir = tmp_path / "node_loss"
+    args = [MLP, f"output_dir={run_dir}", *common, "fault_injection.step_sleep_s=0.25"]
+    spec = ["--nodes=2", "--procs-per-node=1"]
+    job = submit(*args, spec=spec)
+    wait_for(lambda: any(int(p.name.split("_")[1]) >= 8 for p in (run_dir / "checkpoints").glob("step_*")),
+             120, "a checkpoint at step 8 or later")
+    ranks = wait_for(lambda: _processes(job, "n2"), 30, f"job {job}'s rank on node n2")
+    stepd = int(Path(f"/proc/{ranks[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+    slurmd = int(Path("/run/slurmd-n2.pid").read_text())
+    start = time.monotonic()
+    for pid in (slurmd, stepd, *ranks):
+        os.kill(pid, signal.SIGKILL)
+    ended = wait_for(lambda: (s := job_field(job, "JobState")) in ("PENDING", "FAILED", "NODE_FAIL", "CANCELLED") and s,
+                     120, f"job {job} to end its attempt after node n2 (ranks {ranks}) was killed")
+    took = time.monotonic() - start
+    text = logs(run_dir, job)
+    assert took < 90, f"job {job} took {took:.0f}s to notice node n2 had gone:\n{text}"
+    assert "Node failure on n2" in text or "n2" in job_field(job, "Reason"), text
+    assert re.search(r"dtrain: error: rank \d on n1 lost its connection to another rank", text), text
+
+    # n2 comes back (its new slurmd goes where down.sh will stop it); the job continues from its checkpoint
+    subprocess.run(["slurmd", "-N", "n2"], check=True)
+    wait_for(lambda: Path("/run/slurmd-n2.pid").is_file() and int(Path("/run/slurmd-n2.pid").read_text()) != slurmd,
+             30, "n2's new slurmd")
+    with open("/tmp/dtrain-slurm.pids", "a") as f:
+        f.write(Path("/run/slurmd-n2.pid").read_text().strip() + "\n")
+    wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-n", "n2", "-o", "%T"], capture_output=True,
+                                              text=True).stdout, 60, "node n2 to be idle again")
+    if ended == "PENDING":  # requeued by Slurm (--requeue): let it start now, not after the requeue delay
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    else:
+        job = submit(*args, spec=spec)  # the same command again
+    assert wait_done(job) == "COMPLETED", logs(run_dir, job)
+    text = logs(run_dir, job)
+    assert re.search(r"resumed from \S+step_000000\d\d at step (\d+)", text), text
+
+    reference = tmp_path / "unbroken"
+    launch(2, MLP, f"output_dir={reference}", *common)
+    a, b = weights(run_dir), weights(reference)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not differ, f"after losing n2, {differ} differ from an unbroken run"

@@ -97,3 +97,16 @@ def test_cpus_per_rank_come_from_the_affinity_mask(monkeypatch):
     assert usable_cpus() == 2 and describe_cpus(state) == "2 CPU(s) per rank"
     monkeypatch.setattr("dtrain.dist.gather_objects", lambda obj, state: [2, 1, 2])
     assert describe_cpus(state) == "CPU(s) per rank, rank 0 first: 2, 1, 2"
+
+
+def test_a_vanished_peer_is_one_plain_line_naming_this_rank_and_node():
+    from dtrain.cli import plain
+
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[10.1.2.3]:27015. This is typically caused by a remote worker crashing. GLHF!")
+    line = plain(gloo)
+    assert "gloo" not in line and "unexpected" not in line and "at 10.1.2.3:27015" in line
+    from dtrain.cli import lost_peer
+
+    assert lost_peer(str(gloo), {"SLURM_PROCID": "3", "SLURMD_NODENAME": "n7"}).startswith(
+        "rank 3 on n7 lost its connection to another rank (at 10.1.2.3:27015)")
