@@ -112,8 +112,9 @@ def test_node_loss_fails_fast_names_it_and_the_job_resumes_exactly(two_nodes, tm
     subprocess.run(["slurmd", "-N", "n2"], check=True)
     wait_for(lambda: Path("/run/slurmd-n2.pid").is_file() and int(Path("/run/slurmd-n2.pid").read_text()) != slurmd,
              30, "n2's new slurmd")
-    with open("/tmp/dtrain-slurm.pids", "a") as f:
-        f.write(Path("/run/slurmd-n2.pid").read_text().strip() + "\n")
+    pids = Path("/tmp/dtrain-slurm.pids")  # down.sh stops exactly these: the new slurmd for the killed one
+    kept = [x for x in pids.read_text().split() if x != str(slurmd)]
+    pids.write_text("\n".join([*kept, Path("/run/slurmd-n2.pid").read_text().strip()]) + "\n")
     wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-n", "n2", "-o", "%T"], capture_output=True,
                                               text=True).stdout, 60, "node n2 to be idle again")
     if ended == "PENDING":  # requeued by Slurm (--requeue): let it start now, not after the requeue delay
