@@ -25,6 +25,7 @@ CANDIDATES = {  # name -> overrides of CONFIG
     "lr5e-5_head10": ["optim.lr=5e-5"],
     "lr1e-4_head1": ["task.head_lr_scale=1.0"],
     "lr1e-4_head10_ls0.1": ["task.label_smoothing=0.1"],
+    "lr2e-4_head10_ls0.1": ["optim.lr=2e-4", "task.label_smoothing=0.1"],
 }
 
 

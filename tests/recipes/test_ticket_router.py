@@ -328,3 +328,18 @@ def test_clinc150_pipeline_with_abstention_end_to_end(tmp_path, tiny_model):
             assert x["label"] != "oos" and x["confidence"] >= a["threshold"] - 1e-3
     from_ckpt = [json.loads(x) for x in dtrain("predict", str(out), *val_texts[:20]).stdout.splitlines()]
     assert [x["label"] for x in from_ckpt] == [x["label"] for x in rows[:20]]
+
+
+def test_own_val_and_test_files_decide_what_data_path_is_split_into(tmp_path):
+    from recipes.ticket_router import Config, load_data
+
+    held = tmp_path / "held.csv"
+    held.write_text("text,label\nmy card was charged twice,billing\nthe app crashes,technical\n")
+    n = len(load_tickets(SHIPPED).texts)
+    _, given, parts = load_data(Config(val_path=str(held), test_path=str(held)), seed=0)
+    assert set(given) == {"val", "test"} and parts == {"train": list(range(n))}  # all of it trains
+    _, given, parts = load_data(Config(test_path=str(held)), seed=0)
+    assert set(given) == {"test"} and set(parts) == {"train", "val"}  # split into train and validation
+    assert sorted(parts["train"] + parts["val"]) == list(range(n)) and abs(len(parts["val"]) - 0.15 * n) <= 5
+    _, given, parts = load_data(Config(val_path=str(held)), seed=0)
+    assert set(given) == {"val"} and set(parts) == {"train", "test"}
