@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 
 CONFIG = "recipes/ticket_router/config_clinc150.yaml"
-CANDIDATES = {  # name -> overrides of CONFIG
-    "lr1e-4_head10": [],
-    "lr2e-4_head10": ["optim.lr=2e-4"],
-    "lr3e-4_head10": ["optim.lr=3e-4"],
-    "lr5e-5_head10": ["optim.lr=5e-5"],
-    "lr1e-4_head1": ["task.head_lr_scale=1.0"],
-    "lr1e-4_head10_ls0.1": ["task.label_smoothing=0.1"],
-    "lr2e-4_head10_ls0.1": ["optim.lr=2e-4", "task.label_smoothing=0.1"],
+CANDIDATES = {  # name -> overrides of CONFIG (every swept value stated, so the sweep does not follow CONFIG)
+    name: [f"optim.lr={lr}", f"task.head_lr_scale={head}", f"task.label_smoothing={ls}"]
+    for name, (lr, head, ls) in {
+        "lr1e-4_head10": ("1e-4", 10, 0.0),
+        "lr2e-4_head10": ("2e-4", 10, 0.0),
+        "lr3e-4_head10": ("3e-4", 10, 0.0),
+        "lr5e-5_head10": ("5e-5", 10, 0.0),
+        "lr1e-4_head1": ("1e-4", 1, 0.0),
+        "lr1e-4_head10_ls0.1": ("1e-4", 10, 0.1),
+        "lr2e-4_head10_ls0.1": ("2e-4", 10, 0.1),
+    }.items()
 }
 
 
@@ -62,7 +65,7 @@ def main() -> None:
             subprocess.run(cmd, check=True)
             (run_dir / "sweep_time_s.txt").write_text(f"{time.time() - start:.0f}\n")
         best = best_val(run_dir)
-        results[name] = {"overrides": " ".join(overrides) or "(config as committed)", **best,
+        results[name] = {"overrides": " ".join(overrides), **best,
                          "time_s": (run_dir / "sweep_time_s.txt").read_text().strip()}
         print(name, json.dumps({k: results[name].get(k) for k in ("accuracy", "in_scope_accuracy", "oos_recall")}))
     lines = [f"# CLINC150 hyperparameter sweep (validation split only)", "",
@@ -76,6 +79,10 @@ def main() -> None:
         lines.append(f"| {name} | {r['overrides']} | {100 * r.get('accuracy', 0):.2f} | "
                      f"{100 * r.get('in_scope_accuracy', 0):.2f} | {100 * r.get('oos_recall', 0):.1f} | "
                      f"{r.get('step')} | {r['time_s']} |")
+    best = max(results, key=lambda k: results[k].get("accuracy", 0)) if results else None
+    lines += ["", f"Chosen: {best} (config_clinc150.yaml and the recipe's defaults). One seed each: a validation "
+              "query is 0.03 points, so the top four are close; the head's own learning rate and a learning rate "
+              "of at least 1e-4 are what matter. Times include other work sharing the 2 cores."]
     lines += ["", "Not swept, and why: `max_length` 64 (the longest CLINC150 query is 33 tokens: nothing is cut); "
               "`warmup_steps` 100 (about 3 % of the full run); `epochs` 7 with early stopping on validation "
               "accuracy (patience 2): as many as the 30-minute budget on these 2 cores allows; global batch 32 "
