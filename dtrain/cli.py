@@ -360,9 +360,9 @@ def lost_peer(text: str, env=os.environ) -> str:
     address as the backend gave it; the launcher's (or Slurm's) log names the rank or node that died."""
     import re
 
-    from dtrain.dist import node_name
+    from dtrain.dist import node_name, read_env
 
-    rank = env.get("RANK") or env.get("SLURM_PROCID") or "0"
+    rank = read_env(env).rank
     peer = re.search(r"peer \[?([0-9A-Za-z.:-]+?)\]?:(\d+)", text)
     at = f" (at {peer.group(1)}:{peer.group(2)})" if peer else ""
     return (f"rank {rank} on {node_name(env)} lost its connection to another rank{at}: that rank's process or "

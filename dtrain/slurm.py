@@ -1,4 +1,5 @@
-"""Slurm: render an sbatch script from the templates in dtrain/templates/ (package data), submit it, and read an allocation.
+"""Slurm: render an sbatch script from the templates in dtrain/templates/ (package data), submit it, and
+read an allocation.
 
 The batch script asks Slurm for USR1 ahead of the time limit. Its trap touches <run_dir>/PREEMPT,
 every rank sees it at the next step boundary, rank 0 checkpoints, dtrain writes <run_dir>/PREEMPTED

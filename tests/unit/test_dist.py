@@ -108,5 +108,6 @@ def test_a_vanished_peer_is_one_plain_line_naming_this_rank_and_node():
     assert "gloo" not in line and "unexpected" not in line and "at 10.1.2.3:27015" in line
     from dtrain.cli import lost_peer
 
-    assert lost_peer(str(gloo), {"SLURM_PROCID": "3", "SLURMD_NODENAME": "n7"}).startswith(
+    assert lost_peer(str(gloo), {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0",
+                                     "SLURMD_NODENAME": "n7"}).startswith(
         "rank 3 on n7 lost its connection to another rank (at 10.1.2.3:27015)")
