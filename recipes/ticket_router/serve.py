@@ -65,7 +65,9 @@ def abstention(run_dir: Path, checkpoint: Path, out_of_scope: str | None) -> dic
     out-of-scope label, whose tickets go to a person at any confidence."""
     report_path = run_dir / "test_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    chosen = report.get("abstain") if report.get("checkpoint") == checkpoint.name else None
+    # "step_00000040 (final)" where the run kept no best checkpoint: the step directory is what counts.
+    tested = str(report.get("checkpoint", "")).split(" ")[0]
+    chosen = report.get("abstain") if tested == checkpoint.name else None
     if chosen is None and out_of_scope is None:
         return None
     return {"threshold": chosen["threshold"] if chosen else 0.0, "top_k": chosen["top_k"] if chosen else 3,
