@@ -343,3 +343,18 @@ def test_own_val_and_test_files_decide_what_data_path_is_split_into(tmp_path):
     assert sorted(parts["train"] + parts["val"]) == list(range(n)) and abs(len(parts["val"]) - 0.15 * n) <= 5
     _, given, parts = load_data(Config(val_path=str(held)), seed=0)
     assert set(given) == {"val"} and set(parts) == {"train", "test"}
+
+
+def test_serving_uses_a_threshold_only_with_the_checkpoint_it_was_chosen_for(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pathlib import Path
+
+    from recipes.ticket_router.serve import abstention
+
+    chosen = {"threshold": 0.3, "top_k": 3, "target": {"max_misrouted": 0.05}}
+    for tested in ("step_00000040", "step_00000040 (final)"):
+        (tmp_path / "test_report.json").write_text(json.dumps({"checkpoint": tested, "abstain": chosen}))
+        assert abstention(tmp_path, Path("ckpt/step_00000040"), None)["threshold"] == 0.3
+    assert abstention(tmp_path, Path("ckpt/step_00000020"), None) is None  # another checkpoint: none
+    assert abstention(tmp_path, Path("ckpt/step_00000020"), "oos") == {
+        "threshold": 0.0, "top_k": 3, "target": None, "out_of_scope": "oos"}  # out of scope still goes to a person
