@@ -67,16 +67,20 @@ def test_two_nodes_train_to_the_weights_of_one(two_nodes, one_node_weights, tmp_
     assert not differ, f"{template}.sbatch over 2 nodes: {differ} differ from 2 ranks on one node"
 
 
-def _processes(job: str, node: str) -> list[int]:
-    """PIDs of the job's dtrain ranks that Slurm started on `node` (several slurmd share this host)."""
+def _processes(job: str, node: str | None = None) -> list[int]:
+    """PIDs of the job's dtrain ranks that Slurm started on `node` (several slurmd share this host); without
+    a node, every process of the job left anywhere: its step daemons, batch script and ranks."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             env = dict(x.split("=", 1) for x in (proc / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in x)
             cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+        except (OSError, ValueError):
             continue
-        if env.get("SLURM_JOB_ID") == job and env.get("SLURMD_NODENAME") == node and "dtrain.cli" in cmd:
+        if node is None:
+            if env.get("SLURM_JOB_ID") == job or cmd.startswith(f"slurmstepd: [{job}."):
+                found.append(int(proc.name))
+        elif env.get("SLURM_JOB_ID") == job and env.get("SLURMD_NODENAME") == node and "dtrain.cli" in cmd:
             found.append(int(proc.name))
     return found
 
@@ -84,14 +88,27 @@ def _processes(job: str, node: str) -> list[int]:
 @pytest.mark.slow
 def test_node_loss_fails_fast_names_it_and_the_job_resumes_exactly(two_nodes, tmp_path):
     """n2's slurmd, its step daemon and its rank killed mid-run: the rank left fails at once naming itself,
-    Slurm names n2; with n2 back, the requeued (or resubmitted) job resumes from the newest checkpoint and
-    ends bitwise equal to an unbroken run."""
+    Slurm names n2; with n2 back, the same submit command resumes from the newest checkpoint and ends
+    bitwise equal to an unbroken run."""
     common = ["task.num_train=512", "train.epochs=4", "train.batch_size=16", "train.log_every=2",
               "checkpoint.every_epoch=false", "checkpoint.every_steps=4", "checkpoint.keep_last=5"]
     run_dir = tmp_path / "node_loss"
     args = [MLP, f"output_dir={run_dir}", *common, "fault_injection.step_sleep_s=0.25"]
     spec = ["--nodes=2", "--procs-per-node=1"]
-    job = submit(*args, spec=spec)
+    jobs = [submit(*args, spec=spec)]
+    try:
+        _lose_n2_then_resume(jobs, run_dir, args, spec)
+    finally:  # whatever failed, no job of this test stays to hold the nodes the next tests need
+        subprocess.run(["scancel", *jobs], check=False)
+    reference = tmp_path / "unbroken"
+    launch(2, MLP, f"output_dir={reference}", *common)
+    a, b = weights(run_dir), weights(reference)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not differ, f"after losing n2, {differ} differ from an unbroken run"
+
+
+def _lose_n2_then_resume(jobs: list[str], run_dir: Path, args: list[str], spec: list[str]) -> None:
+    job = jobs[0]
     wait_for(lambda: any(int(p.name.split("_")[1]) >= 8 for p in (run_dir / "checkpoints").glob("step_*")),
              120, "a checkpoint at step 8 or later")
     ranks = wait_for(lambda: _processes(job, "n2"), 30, f"job {job}'s rank on node n2")
@@ -108,6 +125,8 @@ def test_node_loss_fails_fast_names_it_and_the_job_resumes_exactly(two_nodes, tm
     assert "Node failure on n2" in text or "n2" in job_field(job, "Reason"), text
     assert re.search(r"dtrain: error: rank \d on n1 lost its connection to another rank", text), text
 
+    # The lost attempt must be gone from n1 first (KillWait), or the next one finds its nodes busy and hangs.
+    wait_for(lambda: not _processes(job), 60, f"job {job}'s first attempt to leave n1")
     # n2 comes back (its new slurmd goes where down.sh will stop it); the job continues from its checkpoint
     subprocess.run(["slurmd", "-N", "n2"], check=True)
     wait_for(lambda: Path("/run/slurmd-n2.pid").is_file() and int(Path("/run/slurmd-n2.pid").read_text()) != slurmd,
@@ -115,18 +134,16 @@ def test_node_loss_fails_fast_names_it_and_the_job_resumes_exactly(two_nodes, tm
     pids = Path("/tmp/dtrain-slurm.pids")  # down.sh stops exactly these: the new slurmd for the killed one
     kept = [x for x in pids.read_text().split() if x != str(slurmd)]
     pids.write_text("\n".join([*kept, Path("/run/slurmd-n2.pid").read_text().strip()]) + "\n")
-    wait_for(lambda: "idle" in subprocess.run(["sinfo", "-h", "-n", "n2", "-o", "%T"], capture_output=True,
-                                              text=True).stdout, 60, "node n2 to be idle again")
-    if ended == "PENDING":  # requeued by Slurm (--requeue): let it start now, not after the requeue delay
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-    else:
-        job = submit(*args, spec=spec)  # the same command again
+    wait_for(lambda: subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True,
+                                    text=True).stdout.split() == ["idle", "idle"], 60, "n1 and n2 to be idle again")
+    # Slurm requeued the job (--requeue) or it failed. Either way the same command is submitted again: on
+    # these emulated nodes the requeued job id, restarted right after n2 came back, had its step refused
+    # ("Requested nodes are busy") and hung, so a fresh job is what this proves.
+    if ended == "PENDING":
+        subprocess.run(["scancel", job], check=True)
+        wait_done(job, 60)
+    job = submit(*args, spec=spec)
+    jobs.append(job)
     assert wait_done(job) == "COMPLETED", logs(run_dir, job)
     text = logs(run_dir, job)
     assert re.search(r"resumed from \S+step_000000\d\d at step (\d+)", text), text
-
-    reference = tmp_path / "unbroken"
-    launch(2, MLP, f"output_dir={reference}", *common)
-    a, b = weights(run_dir), weights(reference)
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert a.keys() == b.keys() and not differ, f"after losing n2, {differ} differ from an unbroken run"

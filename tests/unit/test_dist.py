@@ -95,8 +95,10 @@ def test_cpus_per_rank_come_from_the_affinity_mask(monkeypatch):
     state = init_distributed("cpu", env={})
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)  # bound to 2 CPUs by Slurm
     assert usable_cpus() == 2 and describe_cpus(state) == "2 CPU(s) per rank"
-    monkeypatch.setattr("dtrain.dist.gather_objects", lambda obj, state: [2, 1, 2])
+    monkeypatch.setattr("dtrain.dist.gather_objects", lambda obj, state: [(2, "a"), (1, "a"), (2, "a")])
     assert describe_cpus(state) == "CPU(s) per rank, rank 0 first: 2, 1, 2"
+    monkeypatch.setattr("dtrain.dist.gather_objects", lambda obj, state: [(1, "n1"), (1, "n2"), (1, "n1")])
+    assert describe_cpus(state) == "1 CPU(s) per rank; ranks per node: n1=[0,2], n2=[1]"
 
 
 def test_a_vanished_peer_is_one_plain_line_naming_this_rank_and_node():
