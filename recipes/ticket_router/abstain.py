@@ -54,11 +54,12 @@ class Abstain:
 
 def calibrate(val: torch.Tensor, test: torch.Tensor, cfg: Abstain) -> dict:
     """Choose the threshold on `val` counts (metrics.confidence_counts), judge it on `test`."""
-    k = choose_threshold(val.cpu(), **cfg.target())
+    val, test = val.cpu(), test.cpu()  # off the device once: many small reductions follow
+    k = choose_threshold(val, **cfg.target())
     return {"threshold": k / BINS, "target": cfg.target(), "top_k": cfg.top_k,
-            "val": point(val.cpu(), k).row(), "test": point(test.cpu(), k).row(),
+            "val": point(val, k).row(), "test": point(test, k).row(),
             "curve_thresholds": [t / BINS for t in CURVE_THRESHOLDS],
-            "curve_val": curve(val.cpu(), CURVE_THRESHOLDS), "curve_test": curve(test.cpu(), CURVE_THRESHOLDS)}
+            "curve_val": curve(val, CURVE_THRESHOLDS), "curve_test": curve(test, CURVE_THRESHOLDS)}
 
 
 def write_report(result: dict, out_dir: Path) -> None:
