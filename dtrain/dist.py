@@ -252,6 +252,14 @@ def broadcast_(t: torch.Tensor, state: DistState, src: int = 0) -> torch.Tensor:
     return t
 
 
+def mean_over_ranks_(t: torch.Tensor, group=None, async_op: bool = False):
+    """In place: `t` divided by the group's size, then summed over its ranks (DDP's gradient average, in
+    the order its built-in reduction uses). With async_op, a future holding `t` once the sum is in."""
+    t.div_(dist.get_world_size(group))
+    work = dist.all_reduce(t, group=group, async_op=async_op)
+    return work.get_future().then(lambda f: f.value()[0]) if async_op else t
+
+
 def barrier(state: DistState) -> None:
     if has_group():
         # device_ids: NCCL otherwise guesses the device from the rank, and warns.
