@@ -196,8 +196,10 @@ def make_loader(
         # Workers live as long as the loader: not forked anew for every epoch and every evaluation.
         persistent_workers=num_workers > 0,
         # A private generator: otherwise creating each iterator draws from the global torch RNG,
-        # and a run resumed mid-epoch would see a different random stream than an unbroken one.
-        generator=torch.Generator().manual_seed(0),
+        # and a run resumed mid-epoch would see a different random stream than an unbroken one. Seeded by
+        # rank: workers seed torch and `random` from it, and a recipe that draws there (not through
+        # sample_rng) would otherwise make the same draws on every rank.
+        generator=torch.Generator().manual_seed(mix_seed(0, state.rank, 0)),
     )
 
 

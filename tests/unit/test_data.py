@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dtrain.data import EvalSampler, TrainSampler, accumulation_windows, micro_batch_sizes, stratified_split
 
@@ -115,3 +116,26 @@ def test_namedtuples_mappings_and_batch_objects_move_and_count():
     assert isinstance(moved, Batch) and moved.t.device.type == "meta" and batch_len(moved) == 4
     with pytest.raises(RecipeError, match="cannot tell how many samples a batch of type object holds: give it __len__"):
         batch_len(object())
+
+
+class _WorkerSeed(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.tensor([torch.initial_seed() % 2**31, int(torch.randint(0, 2**31, ()))])
+
+
+def test_loader_workers_draw_differently_on_each_rank():
+    """A worker seeds torch from the loader's generator: one generator for all ranks made every rank's
+    worker draw the same 'random' augmentation."""
+    from dtrain.data import make_loader
+    from dtrain.dist import DistState
+
+    def first_batch(rank):
+        state = DistState(rank, 4, rank, 4, torch.device("cpu"), "torchrun")
+        return next(iter(make_loader(_WorkerSeed(), EvalSampler(2, 0, 1), 2, state, num_workers=1)))
+
+    seen = [first_batch(r) for r in range(4)]
+    assert len({tuple(b[0].tolist()) for b in seen}) == 4  # worker seeds differ by rank
+    assert torch.equal(first_batch(2), seen[2])  # and stay reproducible
