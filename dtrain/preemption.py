@@ -33,6 +33,9 @@ LAUNCH_ENV = "DTRAIN_LAUNCH_STARTED"
 """Set by `dtrain launch` for its ranks: the time it started. A marker written after it is that
 launch's own stop request (Ctrl-C, SIGTERM), not a stale one; and a stop on request exits 0 so that
 torchrun does not restart the group (`dtrain launch` reports the stop with its own exit code)."""
+ATTEMPT_ENV = "DTRAIN_ATTEMPT_STARTED"
+"""Exported by the sbatch templates when an attempt (a job start or a requeue) begins: a marker the batch
+script writes after it (Slurm's USR1 or TERM while the ranks still start up) is this attempt's request."""
 
 
 def exit_code_of_stop(stop: "Preempted") -> int:
@@ -86,7 +89,7 @@ class StopRequest:
         """Markers left by an earlier attempt are not a request for (or a stop of) this one; a marker
         that `dtrain launch` wrote while the ranks started up is (a Ctrl-C during set-up)."""
         if self.dist.is_main:
-            launched = float(os.environ.get(LAUNCH_ENV, "inf"))
+            launched = min(float(os.environ.get(key) or "inf") for key in (LAUNCH_ENV, ATTEMPT_ENV))
             try:
                 if self.marker.stat().st_mtime < launched:
                     self.marker.unlink(missing_ok=True)

@@ -32,9 +32,12 @@ echo "[sbatch] job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, restart ${{SLURM_RESTAR
 # TERM. The marker file reaches every rank on every node (torchrun does not forward USR1): dtrain
 # checkpoints at the next step boundary and stops.
 request_stop() {{ echo "[sbatch] $1: asking dtrain to checkpoint and stop"; touch "$RUN_DIR/PREEMPT"; }}
+# A marker older than this attempt is stale; one written from here on (a signal while the ranks start
+# up) is this attempt's request, and dtrain keeps it.
+rm -f "$RUN_DIR/PREEMPT" "$RUN_DIR/{preempted}"
+export DTRAIN_ATTEMPT_STARTED="$(date +%s.%N)"
 trap 'request_stop USR1' USR1
 trap 'request_stop TERM' TERM
-rm -f "$RUN_DIR/{preempted}"
 """
 
 FINISH = """\
