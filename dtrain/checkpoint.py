@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dtrain.dist import DistState, all_reduce_sum, barrier, gather_objects
+from dtrain.dist import DistState, all_reduce_sum, barrier, broadcast_object, gather_objects
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 FORMAT_VERSION = 2
@@ -94,17 +94,23 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def load_file(path: Path, sha256: str | None = None) -> Any:
-    """torch.load with weights_only=True; with `sha256`, the bytes are checked before anything is parsed."""
+    """torch.load with weights_only=True; with `sha256`, the bytes are checked before anything is parsed.
+
+    The file is hashed in blocks, then memory-mapped (torch.save's zip format allows it): its tensors are
+    views of the file's pages, not a copy beside the file's bytes in memory. Reading the bytes whole and
+    unpickling them from memory held each checkpoint twice, on every rank (issue 22); the mapped pages
+    are the page cache's, shared by the ranks of a node. Older (non-zip) files are read without mmap."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing")
     try:
-        raw = path.read_bytes()
+        if sha256 is not None and _sha256(path) != sha256:
+            raise CheckpointError(f"checkpoint file {path} is corrupted: its sha256 does not match meta.json")
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"  # torch.save's zip format (mmap needs it)
     except OSError as exc:
         raise CheckpointError(f"checkpoint file {path} cannot be read: {exc.strerror or exc}") from None
-    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
-        raise CheckpointError(f"checkpoint file {path} is corrupted: its sha256 does not match meta.json")
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except Exception as exc:  # torch raises many types for truncated / foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint file {path} cannot be loaded safely: {first}") from None
@@ -417,19 +423,26 @@ class CheckpointManager:
             return found
         return [named] + [p for p in found if p != named] if named in found else found
 
+    def agreed_newest_first(self) -> list[Path]:
+        """Collective: rank 0's `complete_newest_first`, on every rank. A shared file system can show the
+        ranks different listings for a while (NFS caches directory entries for seconds): ranks that each
+        chose their own checkpoint would resume at different steps, or one would start fresh."""
+        return broadcast_object(self.complete_newest_first() if self.dist.is_main else None, self.dist)
+
     def newest_complete(self) -> Path | None:
         """`latest` if it names a finished checkpoint, else the newest finished one on disk."""
         found = self.complete_newest_first()
         return found[0] if found else None
 
-    def load(self, path: Path) -> Loaded:
-        """Collective: every rank calls it. This rank's part of a checkpoint, its bytes checked first.
+    def load(self, path: Path, model_only: bool = False) -> Loaded:
+        """Collective: every rank calls it. This rank's part of a checkpoint, its bytes checked first;
+        with `model_only` a torch-format optim.pt is neither read nor checked (`optim` is None).
 
         Each file under state/ is checked by one rank only, so no rank may go on alone: one all-reduce
         says whether every rank could load its part, and if not every rank raises the same
         CheckpointError, naming the damaged file whichever rank found it."""
         try:
-            loaded, problem = self._load_here(Path(path)), None
+            loaded, problem = self._load_here(Path(path), model_only), None
         except CheckpointError as exc:
             loaded, problem = None, str(exc)
         if all_reduce_sum(0.0 if problem is None else 1.0, self.dist).item():
@@ -437,7 +450,7 @@ class CheckpointManager:
             raise CheckpointError("; ".join(dict.fromkeys(found)))
         return loaded
 
-    def _load_here(self, path: Path) -> Loaded:
+    def _load_here(self, path: Path, model_only: bool = False) -> Loaded:
         meta = self.read_meta(path)
         if meta is None:
             raise CheckpointError(
@@ -460,7 +473,7 @@ class CheckpointManager:
         return Loaded(
             path=path,
             model=part("model.pt") if torch_format else None,
-            optim=part("optim.pt") if torch_format else None,
+            optim=part("optim.pt") if torch_format and not model_only else None,
             train_state=part("train_state.pt"),
             rng=part(f"rng_rank{self.dist.rank}.pt") if world == self.dist.world_size else None,
             world_size=world,

@@ -133,11 +133,19 @@ class StepMetrics:
         self._samples += samples
         self._tokens += tokens
 
-    def snapshot(self) -> dict[str, float]:
+    @property
+    def tokens(self) -> int:
+        """This rank's tokens since the last snapshot."""
+        return self._tokens
+
+    def snapshot(self, all_tokens: float | None = None) -> dict[str, float]:
+        """Rates since the last snapshot. `all_tokens`: the tokens of every rank (they differ by rank);
+        without it this rank's count stands for each rank's."""
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         out = {"samples_per_s": self._samples * self.world_size / elapsed}
-        if self._tokens:
-            out["tokens_per_s"] = self._tokens * self.world_size / elapsed
+        tokens = self._tokens * self.world_size if all_tokens is None else all_tokens
+        if tokens:
+            out["tokens_per_s"] = tokens / elapsed
         if self.flops_per_sample is not None:
             achieved = self.flops_per_sample * self._samples / elapsed  # per device
             out["tflops"] = achieved / 1e12

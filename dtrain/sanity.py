@@ -34,8 +34,11 @@ class MetricNameError(RecipeError):
 def sanity_subset(data: Dataset, rank: int, world_size: int, batch_size: int, batches: int) -> Subset:
     """The same number of validation samples on every rank (so sharded evaluation stays in step), the
     first ones, strided over the ranks."""
-    per_rank = min(batches * batch_size, len(data) // world_size) or min(1, len(data))  # type: ignore[arg-type]
-    return Subset(data, [i * world_size + rank for i in range(per_rank) if i * world_size + rank < len(data)])  # type: ignore[arg-type]
+    n = len(data)  # type: ignore[arg-type]
+    per_rank = min(batches * batch_size, n // world_size) or min(1, n)
+    # Fewer samples than ranks: a rank past the end checks one again, because under fsdp and ZeRO-3 every
+    # rank must run the forward passes the others gather parameters for.
+    return Subset(data, [(i * world_size + rank) % n for i in range(per_rank)])
 
 
 def check_eval_stats(stats: Any) -> None:

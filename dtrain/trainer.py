@@ -156,6 +156,11 @@ class Trainer:
                 self.test()
             self._hook(self.task.hooks.at_end, self.model, self.step, self.last_eval)
             return self.last_eval
+        except BaseException:
+            # An async write in flight ends (left incomplete) before the caller tears down the process
+            # group its thread is using: destroyed under it, the write fails in the middle, or hangs.
+            self.ckpt.abandon()
+            raise
         finally:
             self.profiler.close(self.step)
             self.watchdog.stop()
@@ -339,7 +344,9 @@ class Trainer:
                     # the reduction (NCCL on GPUs) needs them.
                     v = torch.as_tensor(v).detach().to(self.device, torch.float64)
                     sums[k] = sums[k] + v if k in sums else v
-        for _ in range(extra if batch is not None else 0):
+        if extra and batch is None:  # fewer samples than ranks: this rank has none, and forwards anything
+            batch = move_to(loader.collate_fn([loader.dataset[0]]), self.device)
+        for _ in range(extra):
             with self.precision.autocast():
                 self.task.forward(self.model, batch)
         self.model.train()
@@ -356,7 +363,8 @@ class Trainer:
         """Evaluate the best checkpoint (else the final model) on the held-out test split, once."""
         best = self.ckpt.best()
         if best is not None:
-            loaded = self.ckpt.load(self.ckpt.root / best["checkpoint"])
+            # The weights only: the optimizer state (twice the model under AdamW) is never used here.
+            loaded = self.ckpt.load(self.ckpt.root / best["checkpoint"], model_only=True)
             if loaded.model is not None:
                 self.model.load_state_dict(loaded.model)
             else:
@@ -402,20 +410,24 @@ class Trainer:
     def _log_train(self) -> None:
         # Every rank draws the same micro-batch sizes, so the global sample count needs no collective. A
         # stop-request meeting that is due rides on this all-reduce rather than costing one of its own.
+        # Token counts differ by rank (text lengths), so they ride on it too: rank 0's times world size was
+        # not the job's throughput.
         meet = self.step < self.total_steps and self.stop_request.due(self.step)
+        extra = [float(self.metrics.tokens)] if self.task.count_tokens is not None else []
+        if meet:
+            extra += self.stop_request.vote(self.step, self.ckpt.written)
         values = self._window_loss.view(1)
-        if meet:
-            vote = torch.tensor(self.stop_request.vote(self.step, self.ckpt.written), dtype=torch.float64,
-                                device=self.device)
-            values = torch.cat([values, vote])
+        if extra:
+            values = torch.cat([values, torch.tensor(extra, dtype=torch.float64, device=self.device)])
         total = all_reduce_sum(values, self.dist).tolist()
+        tokens = total[1] if self.task.count_tokens is not None else None
         if meet:
-            self.stop_request.settle(self.step, total[1:])
+            self.stop_request.settle(self.step, total[1 + (tokens is not None):])
         loss = total[0] / max(1, self._window_n * self.dist.world_size)
         record = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
         if self._grad_norm is not None:
             record["grad_norm"] = self._grad_norm.item()
-        record.update(self.metrics.snapshot())  # after the syncs above: the interval's time is complete
+        record.update(self.metrics.snapshot(tokens))  # after the syncs above: the interval's time is complete
         if self.guard.skipped:
             record["nonfinite_skipped"] = self.guard.skipped
         self.logger.log(record)
@@ -479,7 +491,7 @@ class Trainer:
 
     def _load_auto(self):
         """The newest checkpoint every rank can load; a damaged one is skipped with a warning."""
-        for path in self.ckpt.complete_newest_first():
+        for path in self.ckpt.agreed_newest_first():
             try:
                 # Collective: all ranks resume from the same step, and skip a checkpoint any rank cannot read.
                 return self.ckpt.load(path)
@@ -494,7 +506,7 @@ class Trainer:
         # backends without any error: say how many each rank got.
         self.logger.info(describe_cpus(self.dist))
         mode = self.cfg.checkpoint.resume
-        if mode == "none" and self.ckpt.newest_complete() is not None:
+        if mode == "none" and self.ckpt.agreed_newest_first():
             raise CheckpointError(
                 f"{self.ckpt.root} already holds checkpoints and checkpoint.resume=none; "
                 "set checkpoint.resume=auto to continue that run, or choose another output_dir"

@@ -4,8 +4,8 @@ the same topology its final weights are bitwise equal.
 
 Data: 3 JSONL shards (30 + 18 + 12 rows), block-shuffled as sharded data is; every training sample
 carries noise and a draw from its own seed (tests/distributed/stream_recipe.py records "id draw" per
-sample). The global batch is 6 at every world size (1 x 6, 2 x 3, 3 x 2), 10 steps an epoch, 2 epochs.
-Four interpreter start-ups serve every trial (world sizes 2, 1, 3, 2 in turn); each trial is a random
+sample). The global batch is 12 at every world size (1 x 12, 2 x 6, 3 x 4, 4 x 3), 5 steps an epoch, 2
+epochs. Five interpreter start-ups serve every trial (world sizes 2, 1, 3, 4, 2 in turn); each trial is a random
 plan over them: where it starts, where each attempt stops (mid-epoch, at the epoch boundary, or twice in
 a row) and how many workers each attempt has. The stream of global step s is the multiset of (id, draw)
 its ranks trained on; the whole run's list of them must equal the unbroken run's.
@@ -27,7 +27,8 @@ import torch
 from tests.conftest import ROOT, child_env, final_checkpoint, load_pt
 from tests.distributed.test_strategies import weights
 
-STEPS, GLOBAL_BATCH, LAUNCHES = 20, 6, (2, 1, 3, 2)
+STEPS, GLOBAL_BATCH, LAUNCHES = 10, 12, (2, 1, 3, 4, 2)
+BOUNDARY = STEPS // 2  # the step that ends epoch 0
 # Trial plans: 3 in CI; DTRAIN_STREAM_TRIALS=N draws N (they share the same 4 process groups).
 SEEDS = tuple(range(int(os.environ.get("DTRAIN_STREAM_TRIALS", "3"))))
 BASE = ["recipe=tests.distributed.stream_recipe", "task.in_dim=4", "task.hidden=16", "train.epochs=2",
@@ -61,13 +62,15 @@ def _phase(world: int, items: list[dict]) -> None:
 
 def _plan(seed: int) -> list[tuple[int, int, int | None]]:
     """[(launch, workers, stop step or None for 'to the end')]: attempts in launch order, the last to the end.
-    Stops fall mid-epoch, on the boundary (step 10) or at consecutive steps; a plan starting in launch 0 and
-    ending in launch 3 without a middle attempt is a same-topology trial (world size 2 both times)."""
+    Stops fall mid-epoch, on the boundary (BOUNDARY) or at consecutive steps; a plan starting in launch 0 and
+    ending in the last launch without a middle attempt is a same-topology trial (world size 2 both times)."""
     rnd = random.Random(seed)
     first = rnd.choice([0, 0, 1])
-    middle = [i for i in (1, 2) if i > first and rnd.random() < 0.7]
-    launches = [first, *middle, 3]
-    stops = sorted(rnd.sample([s for s in range(1, STEPS) if s != 10], len(launches) - 2) + [10])[: len(launches) - 1]
+    last = len(LAUNCHES) - 1
+    middle = [i for i in range(1, last) if i > first and rnd.random() < 0.7]
+    launches = [first, *middle, last]
+    stops = sorted(rnd.sample([s for s in range(1, STEPS) if s != BOUNDARY], len(launches) - 2)
+                   + [BOUNDARY])[: len(launches) - 1]
     if len(stops) == 2 and rnd.random() < 0.5:
         stops[1] = stops[0] + 1  # twice in a row
     return [(lnch, rnd.choice([0, 2]), stop) for lnch, stop in zip(launches, [*stops, None])]
@@ -89,7 +92,7 @@ def trials(tmp_path_factory):
     shards = _shards(tmp / "shards")
     plans = {f"t{seed}": _plan(seed) for seed in SEEDS}
     if not any(p[0][0] == 0 and len(p) == 2 for p in plans.values()):
-        plans["same"] = [(0, 2, 7), (3, 2, None)]  # always one same-topology trial
+        plans["same"] = [(0, 2, 7), (len(LAUNCHES) - 1, 2, None)]  # always one same-topology trial
     for i, world in enumerate(LAUNCHES):
         items = []
         if i == 0:
@@ -113,7 +116,7 @@ def test_resumed_runs_train_on_the_unbroken_stream_whatever_the_topology(trials)
     tmp, plans = trials
     unbroken = _stream(tmp / "unbroken", "a0", 2, 1, STEPS)
     assert len({ids for _, ids in unbroken}) == STEPS  # every global batch differs (not trivially met)
-    epoch = [line.split()[0] for _, batch in unbroken[:10] for line, n in batch for _ in range(n)]
+    epoch = [line.split()[0] for _, batch in unbroken[:BOUNDARY] for line, n in batch for _ in range(n)]
     assert sorted(map(int, epoch)) == list(range(60))  # an epoch: every sample once
     draws = [line for _, batch in unbroken for line, _ in batch]
     assert len(set(draws)) == 2 * 60  # a sample's draw differs between epochs (the epoch is in its seed)

@@ -57,6 +57,7 @@ def runs(tmp_path_factory):
         {"name": "ref", "overrides": ["strategy=ddp", *ONE]},
         {"name": "init", "overrides": ["strategy=ddp", *ONE, "train.max_steps=1", "optim.lr=1e-12"]},
         {"name": "ddp_1to2", "overrides": ["strategy=ddp", *ONE, *ASYNC, *CRASH], "crash": True},
+        {"name": "ref24", "overrides": ["strategy=ddp", "train.grad_accum_steps=3"]},  # 3 ranks' global batch
     ])
     fsdp, ds3 = ["strategy=fsdp", *TWO, *ASYNC], ["strategy=deepspeed", "deepspeed.stage=3", *TWO]
     ddp_dcp = ["strategy=ddp", *TWO, "checkpoint.format=dcp"]  # sharded format, synchronous saves
@@ -81,6 +82,35 @@ def runs(tmp_path_factory):
         {"name": "ddp_dcp_resumed", "overrides": ddp_dcp},
     ])
     out += _phase(tmp, 1, [{"name": "fsdp_2to1", "overrides": ["strategy=fsdp", *ONE, *ASYNC, *ALLOW]}])
+    # 3 and 4 ranks, where the order of a sum over ranks matters ((a+b)+c != a+(b+c)) and a validation
+    # set can be smaller than the world. 4 ranks x micro-batch 4 = the 16 of `ref`; 3 x 8 = `ref24`'s 24.
+    four = [*TWO, "train.batch_size=4"]
+    fsdp4, ds3_4 = ["strategy=fsdp", *four, *ASYNC], ["strategy=deepspeed", "deepspeed.stage=3", *four]
+    out += _phase(tmp, 4, [
+        {"name": "ddp4", "overrides": ["strategy=ddp", *four, "train.log_every=3"]},
+        {"name": "fsdp4", "overrides": fsdp4},
+        {"name": "fsdp4_resumed", "overrides": [*fsdp4, *CRASH], "crash": True},
+        {"name": "fsdp4_resumed", "overrides": fsdp4},
+        *({"name": f"ds{s}_4", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *four]} for s in (1, 2)),
+        {"name": "ds3_4", "overrides": ds3_4},
+        {"name": "ds3_4_resumed", "overrides": [*ds3_4, *CRASH], "crash": True},
+        {"name": "ds3_4_resumed", "overrides": ds3_4},
+        # 3 validation samples for 4 ranks: rank 3 has none, yet must run the forwards the others gather
+        # parameters for (sanity evaluation, evaluations and the best-checkpoint test)
+        *({"name": f"{n}_tinyval", "overrides": [*o, "task.num_val=3", "train.max_steps=4", "train.sanity_eval_batches=2",
+                                                   "checkpoint.every_steps=2", "checkpoint.best_metric=val_loss"]}
+          for n, o in (("fsdp4", fsdp4), ("ds3_4", ds3_4))),
+    ])
+    fsdp3, ds2_3 = ["strategy=fsdp", *TWO, *ASYNC], ["strategy=deepspeed", "deepspeed.stage=2", *TWO]
+    out += _phase(tmp, 3, [
+        {"name": "ddp3", "overrides": ["strategy=ddp", *TWO]},
+        {"name": "fsdp3", "overrides": fsdp3},
+        {"name": "fsdp3_resumed", "overrides": [*fsdp3, *CRASH], "crash": True},
+        {"name": "fsdp3_resumed", "overrides": fsdp3},
+        {"name": "ds2_3", "overrides": ds2_3},
+        {"name": "ds2_3_resumed", "overrides": [*ds2_3, *CRASH], "crash": True},
+        {"name": "ds2_3_resumed", "overrides": ds2_3},
+    ])
     return tmp, out
 
 
@@ -185,3 +215,59 @@ def test_deepspeed_bf16_checkpoint_holds_the_fp32_master_weights(runs, stage):
     assert any(not torch.equal(t, t.bfloat16().float()) for t in got.values())
     diff = max((got[k] - ref[k]).abs().max().item() for k in ref)
     assert 0 < diff < 0.05, diff  # bf16 rounding, not a different run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world, ref, names", [
+    (4, "ref", ["ddp4", "fsdp4", "ds1_4", "ds2_4", "ds3_4"]),
+    (3, "ref24", ["ddp3", "fsdp3", "ds2_3"]),
+])
+def test_n_ranks_equal_one_rank(runs, world, ref, names):
+    """N = 1 at 3 and 4 ranks for every strategy: the same global batch, the same weights (rounding apart)."""
+    tmp, _ = runs
+    want = weights(tmp / ref)
+    for name in names:
+        state = load_pt(_final(tmp / name) / "train_state.pt")
+        assert (state["step"], state["world_size"]) == (12 if world == 4 else 8, world), name
+        assert_close_to(name, weights(tmp / name), want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("a, b", [("fsdp4", "fsdp4_resumed"), ("fsdp3", "fsdp3_resumed")])
+def test_fsdp_resume_is_bitwise_at_3_and_4_ranks(runs, a, b):
+    tmp, out = runs
+    assert f"{b} crashed: latest=step_00000002 incomplete=.tmp-step_00000004" in out
+    x, y = (read_full_model(_final(tmp / n) / "state", prefix="") for n in (a, b))
+    assert set(x) == set(y) and any(k.startswith("optim.") for k in x)
+    assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("a, b", [("ds3_4", "ds3_4_resumed"), ("ds2_3", "ds2_3_resumed")])
+def test_deepspeed_resume_is_bitwise_at_3_and_4_ranks(runs, a, b):
+    tmp, out = runs
+    assert f"{b} crashed: latest=step_00000004 incomplete=\n" in out
+    x, y = weights(tmp / a), weights(tmp / b)
+    assert set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fsdp4_tinyval", "ds3_4_tinyval"])
+def test_validation_set_smaller_than_the_world_does_not_hang(runs, name):
+    """Rank 3 of 4 holds no validation sample; it ran the forwards the others gathered parameters for."""
+    tmp, out = runs
+    assert f"[worker] {name} done" in out
+    evals = [json.loads(line) for line in (tmp / name / "metrics.jsonl").read_text().splitlines()
+             if "val_loss" in line]
+    assert evals and all(e["val_loss"] > 0 for e in evals)
+
+
+@pytest.mark.slow
+def test_tokens_per_second_counts_every_rank(runs):
+    """The sample recipe counts rank r's samples r + 1 times: 2.5 tokens per sample over 4 ranks."""
+    tmp, _ = runs
+    logs = [json.loads(line) for line in (tmp / "ddp4" / "metrics.jsonl").read_text().splitlines()
+            if "tokens_per_s" in line]
+    assert logs
+    for rec in logs:
+        assert rec["tokens_per_s"] / rec["samples_per_s"] == pytest.approx(2.5, rel=1e-6)
