@@ -1,0 +1,37 @@
+"""Ranks that see different listings of the run directory (an NFS client's cached view lags for
+seconds) still resume from one checkpoint: rank 0 chooses and tells the others."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dtrain.checkpoint import CheckpointManager
+from dtrain.dist import DistState
+from tests.conftest import ROOT, child_env
+
+
+@pytest.mark.slow
+def test_every_rank_resumes_from_rank_0s_choice(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    ckpt = CheckpointManager(root, DistState(0, 1, 0, 1, torch.device("cpu"), "single"))
+    for step in (2, 4):
+        ckpt.save(step, {"w": torch.zeros(1)}, {}, {"step": step})
+    lagging = tmp_path / "lagging" / "checkpoints"  # what a node whose listing lags sees: no step 4 yet
+    shutil.copytree(root, lagging)
+    shutil.rmtree(lagging / "step_00000004")
+    (lagging / "latest").write_text("step_00000002\n")
+    views = [str(root), str(lagging), str(lagging)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
+                           "tests/distributed/listing_worker.py", json.dumps(views)],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    every = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["own"][0] for r in every] == ["step_00000004", "step_00000002", "step_00000002"]  # the split
+    assert all(r["agreed"] == every[0]["agreed"] for r in every)
+    assert every[0]["agreed"][0] == str(root / "step_00000004")
