@@ -44,7 +44,8 @@ PHASES = ("data", "forward", "backward", "optimizer", "eval", "checkpoint", "asy
 CONFIG = "recipes/mlp/config.yaml"
 STEPS_PER_EPOCH, EPOCHS, SAVE_EVERY, EVAL_EVERY = 8, 3, 3, 4
 TOTAL = STEPS_PER_EPOCH * EPOCHS
-JOB = [  # 256 samples over 2 ranks, batch 16: 8 steps per epoch
+GLOBAL_BATCH = 32
+JOB = [  # 256 samples, 32 a step (2 ranks x 16; --world 4: 4 x 8): 8 steps per epoch
     "task.num_train=256", "task.num_val=64", "task.dropout=0.1", "task.input_noise=0.05",
     f"train.epochs={EPOCHS}", "train.batch_size=16", "train.log_every=2", f"train.eval_every={EVAL_EVERY}",
     f"checkpoint.every_steps={SAVE_EVERY}", "checkpoint.keep_last=100", "logging.progress=lines",
@@ -70,8 +71,8 @@ def child_env(**extra: str) -> dict[str, str]:
 class Job:
     """`dtrain launch` in a session of its own, as a terminal runs a foreground command."""
 
-    def __init__(self, out: Path, variant: list[str], log: Path, restarts: int = 0):
-        self.argv = [sys.executable, "-m", "dtrain.cli", "launch", "--nproc-per-node=2",
+    def __init__(self, out: Path, variant: list[str], log: Path, restarts: int = 0, world: int = 2):
+        self.argv = [sys.executable, "-m", "dtrain.cli", "launch", f"--nproc-per-node={world}",
                      f"--max-restarts={restarts}", CONFIG, *JOB, *variant, f"output_dir={out}"]
         self.log = log
         with open(log, "ab") as f:
@@ -220,7 +221,7 @@ def compare(run: Path, ref: Path, wandb_id: str | None, skip: set[str] = frozens
 
 
 # ------------------------------------------------------------------ a trial
-def draw(rng: random.Random, kind: str) -> dict:
+def draw(rng: random.Random, kind: str, world: int = 2) -> dict:
     phase = rng.choice(PHASES)
     async_save = phase == "async_save" or (phase != "checkpoint" and rng.random() < 0.4)
     if phase in ("data", "forward", "backward", "optimizer"):
@@ -235,12 +236,17 @@ def draw(rng: random.Random, kind: str) -> dict:
         step, at = rng.choice(range(STEPS_PER_EPOCH + 1, TOTAL, STEPS_PER_EPOCH)), "data"
     if kind == "ckpt_damaged":
         step = max(step, SAVE_EVERY + 1)  # a checkpoint exists to damage
-    return {"kind": kind, "phase": phase, "step": step, "at": f"{step}:{at}", "rank": rng.randint(0, 1),
+    plan = {"kind": kind, "phase": phase, "step": step, "at": f"{step}:{at}", "rank": rng.randint(0, 1),
             "async": async_save, "wandb": rng.random() < 0.3, "damage": rng.choice(["truncate", "delete"])}
+    if world != 2:  # (2-rank plans keep their keys: trials.jsonl of earlier runs still matches them)
+        plan.update(world=world, rank=rng.randint(0, world - 1))
+    return plan
 
 
 def variant_of(t: dict) -> list[str]:
     v = [f"checkpoint.async={str(t['async']).lower()}"]
+    if t.get("world", 2) != 2:  # the same global batch, so the same steps, at another world size
+        v.append(f"train.batch_size={GLOBAL_BATCH // t['world']}")
     if t["wandb"]:
         v.append("logging.wandb=true")
     return v
@@ -253,7 +259,8 @@ def reference(work: Path, t: dict) -> Path:
     ref = work / ("ref-" + "-".join(v.replace("=", "_").replace(".", "_") for v in variant_of(t)))
     if not (ref / "checkpoints" / "latest").is_file():
         shutil.rmtree(ref, ignore_errors=True)
-        rc = Job(ref, [*variant_of(t), "checkpoint.every_steps=1"], work / f"{ref.name}.log").wait()
+        rc = Job(ref, [*variant_of(t), "checkpoint.every_steps=1"], work / f"{ref.name}.log",
+                 world=t.get("world", 2)).wait()
         if rc != 0:
             raise SystemExit(f"chaos: the unbroken reference run failed (exit {rc}); see {work / ref.name}.log")
     return ref
@@ -284,7 +291,8 @@ def strike_and_recover(work: Path, t: dict, out: Path, log: Path) -> dict:
     hold = ["fault_injection.hold_at=" + t["at"], f"fault_injection.hold_rank={t['rank']}", "fault_injection.hold_s=2"]
     variant = variant_of(t) + hold
     kind = t["kind"]
-    job = Job(out, variant, log, restarts=1 if kind == "kill9_rank_restart" else 0)
+    world = t.get("world", 2)
+    job = Job(out, variant, log, restarts=1 if kind == "kill9_rank_restart" else 0, world=world)
     notes, lost, skip = [], [], set()
     started = time.monotonic()
     if not wait_for(out / ".hold", job):
@@ -339,7 +347,7 @@ def strike_and_recover(work: Path, t: dict, out: Path, log: Path) -> dict:
         notes.append(f"{t['damage']} {victim.relative_to(out)}")
         os.killpg(pgid, signal.SIGKILL)  # and then the job dies: the rerun must not trust that checkpoint
     elif kind == "second_command":
-        second = Job(out, variant, log)
+        second = Job(out, variant, log, world=world)
         rc2 = second.wait(120)
         text = log.read_text(errors="replace")
         if rc2 != 2 or "is in use by a running job" not in text:
@@ -369,7 +377,7 @@ def strike_and_recover(work: Path, t: dict, out: Path, log: Path) -> dict:
     if rc != 0 or not finished:
         for leftover in (out / ".hold",):
             leftover.unlink(missing_ok=True)
-        recovery_rc = Job(out, variant, log).wait()  # the same command again, at once
+        recovery_rc = Job(out, variant, log, world=world).wait()  # the same command again, at once
         if recovery_rc != 0:
             lost.append(f"the rerun exited {recovery_rc}")
     bitwise, compared = compare(out, ref, wandb_id, skip)
@@ -382,7 +390,7 @@ def strike_and_recover(work: Path, t: dict, out: Path, log: Path) -> dict:
 def report(trials: list[dict], machine: str, seed: int) -> str:
     lines = [f"# Chaos trials: {len(trials)} faults, each recovered as a user would", "",
              f"Machine: {machine}. `python benchmarks/chaos.py --trials {len(trials)} --seed {seed}`; "
-             f"{datetime.date.today().isoformat()}. Each trial: a 2-rank `dtrain launch` of the mlp recipe "
+             f"{datetime.date.today().isoformat()}. Each trial: a {trials[0].get('world', 2) if trials else 2}-rank `dtrain launch` of the mlp recipe "
              f"({TOTAL} steps, checkpoint every {SAVE_EVERY}, evaluation every {EVAL_EVERY}), one fault at the "
              "instant named, then the same command again (or torchrun's restart), compared with an unbroken run.",
              "", "| fault | trials | recovered bitwise | lost anything | not run |", "| --- | --- | --- | --- | --- |"]
@@ -422,6 +430,7 @@ def main() -> int:
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated fault kinds, drawn in turn")
     ap.add_argument("--work", default="runs/chaos", help="trial directories and trials.jsonl (resumable)")
     ap.add_argument("--out", help="markdown report (default: print it)")
+    ap.add_argument("--world", type=int, default=2, choices=(2, 4), help="ranks of the job (global batch 32)")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     unknown = sorted(set(kinds) - set(KINDS))
@@ -438,7 +447,7 @@ def main() -> int:
             if rec.get("seed") == args.seed:
                 done[rec["trial"]] = rec
     rng = random.Random(args.seed)
-    plans = [draw(rng, kinds[i % len(kinds)]) for i in range(args.trials)]
+    plans = [draw(rng, kinds[i % len(kinds)], args.world) for i in range(args.trials)]
     results = []
     for i, plan in enumerate(plans):
         if i in done and {k: done[i][k] for k in plan} == plan:

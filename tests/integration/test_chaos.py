@@ -25,9 +25,9 @@ def work(tmp_path_factory):
 
 
 def strike(work, n: int, kind: str, step: int, phase: str, *, rank: int = 0, async_save: bool = False,
-           wandb: bool = False) -> dict:
+           wandb: bool = False, world: int = 2) -> dict:
     plan = {"kind": kind, "phase": phase, "step": step, "at": f"{step}:{phase}", "rank": rank,
-            "async": async_save, "wandb": wandb, "damage": "truncate"}
+            "async": async_save, "wandb": wandb, "damage": "truncate", "world": world}
     result = chaos.run_trial(work, 10 + n, plan)  # trial_01N: the seeded run below writes trial_000, trial_001
     assert result["ran"], result
     if result.get("rc") == -999:  # hung: the log has every process's stacks
@@ -59,6 +59,18 @@ def test_ranks_stop_when_their_launcher_is_killed(work):
     r = strike(work, 3, "kill9_job", 3, "checkpoint", wandb=True)
     assert r["rc"] == -9 and r["recovered"], r
     assert "its launcher (torchrun" in (work / "trial_013" / "log.txt").read_text()
+
+
+def test_four_ranks_a_rank_killed_mid_async_save_restarts_and_resumes_bitwise(work):
+    """4 ranks (the same global batch): torchrun restarts the group after rank 3 is SIGKILLed while an
+    async checkpoint is being written; the restarted group resumes from the last complete one."""
+    r = strike(work, 6, "kill9_rank_restart", 7, "forward", rank=3, async_save=True, world=4)
+    assert r["rc"] == 0 and r["recovered"], r
+
+
+def test_four_ranks_sigusr1_to_one_rank_stops_all_at_one_step(work):
+    r = strike(work, 7, "sigusr1_rank", 10, "backward", rank=2, world=4)
+    assert r["rc"] == 75 and r["recovered"], r
 
 
 def test_a_second_job_on_the_run_directory_is_refused_and_harms_nothing(work):
