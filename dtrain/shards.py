@@ -1,8 +1,11 @@
 """Sharded data sets larger than memory: a directory or glob of JSONL, CSV, Parquet or plain-text shards,
-read lazily. A one-time index per shard (the byte offset of every row, cached beside the data's user in
-`cache_dir`, memory-mapped, rebuilt when the shard's size or mtime changes; for Parquet, the row groups'
-row counts from the file's own footer) gives random access to sample i without reading the ones before
-it; a process holds no more than the pages it touches (Parquet: a few decoded row groups).
+read lazily. A one-time index per shard (the byte offset of every row, cached in `cache_dir`: by default
+beside the shards or, where their folder is read-only, in the user's cache; rebuilt when the shard's size
+or mtime changes; for Parquet, the row groups' row counts from the file's own footer) gives random access
+to sample i without reading the ones before it. What a process holds does not grow with the number of
+shards: a data file is opened per read, a row's offsets are read from its index with one pread, and a
+data set keeps at most `OPEN_INDEXES` open indexes and `ROW_GROUPS_KEPT` decoded Parquet row groups, over
+all its shards together.
 
 `ShardedDataset` is an ordinary map-style `Dataset`, so the samplers, DataLoader workers and checkpoints
 work with it as with an in-memory list. `BlockShuffle` is a permutation of its indices for (seed, epoch)
@@ -13,13 +16,20 @@ from __future__ import annotations
 
 import array
 import csv
+import errno
 import glob
 import hashlib
 import io
 import json
+import mmap
 import os
+import secrets
+import socket
+import sys
+import threading
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +37,109 @@ from torch.utils.data import Dataset
 
 INDEX_VERSION = 1
 KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text", ".parquet": "parquet", ".tar": "tar"}
+
+# Both bounds follow BlockShuffle's window: 8 blocks of consecutive samples are read mixed together, and a
+# block lies within at most 2 shards (or 2 equal row groups: a Parquet set's block is its largest group),
+# so a window's reads touch about 16 shards or groups, and all of them stay held while it is read. Fewer
+# kept row groups decode a group again for nearly every row (8 kept: 16.4k -> 0.6k samples/s on
+# benchmarks/data_loading.py's Parquet set, one process); a file's short last group can put 3 groups in a
+# block, which costs a few repeat decodes (31 instead of 27 per 100k samples there), not throughput. With
+# shards smaller than a block a window touches more shards: a read then opens the index anew (~5 us).
+OPEN_INDEXES = 16
+ROW_GROUPS_KEPT = 16
+
+
+class Recent:
+    """At most `size` values by key, the least recently used dropped first (`drop` is called on a value
+    that goes). A data set owns one for its open indexes and one for its decoded row groups, shared by all
+    its shards, so the bound holds over the shards together. It is emptied in a new process: a DataLoader
+    worker, forked or spawned, starts with nothing held (a pickled one carries no descriptor or group).
+    Threads may share it: a value is made outside the lock (row groups decode in parallel), and `use`
+    runs under it, so a descriptor is not closed by another thread's eviction while it is read."""
+
+    def __init__(self, size: int, drop: Callable[[Any], None] | None = None):
+        self.size, self.drop = size, drop
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._pid, self._lock = os.getpid(), threading.Lock()
+
+    def get(self, key: Hashable, make: Callable[[], Any], use: Callable[[Any], Any] | None = None) -> Any:
+        """The value of `key` (made if it is not held), or `use(value)` if `use` is given."""
+        if self._pid != os.getpid():  # a forked worker: its copies of the parent's values are not to keep
+            self._pid, self._lock = os.getpid(), threading.Lock()  # (another thread may have held the old)
+            self.clear()
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return use(self._items[key]) if use else self._items[key]
+            self._shrink(self.size - 1)  # room first: one process never holds size + 1 at once
+        value = make()
+        with self._lock:
+            if key in self._items:  # another thread made it meanwhile: keep one
+                self._dropped(value)
+                value = self._items[key]
+            else:
+                self._shrink(self.size - 1)
+                self._items[key] = value
+            return use(value) if use else value
+
+    def _shrink(self, size: int) -> None:
+        while self._items and len(self._items) > max(size, 0):
+            self._dropped(self._items.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        """Let every value go (descriptors closed)."""
+        with self._lock:
+            self._shrink(0)
+
+    def _dropped(self, value: Any) -> None:
+        if self.drop is not None:
+            self.drop(value)
+
+    def __len__(self) -> int:
+        return len(self._items) if self._pid == os.getpid() else 0
+
+    def __del__(self) -> None:
+        try:
+            self.clear()  # the descriptors it holds
+        except Exception:  # at interpreter exit the modules may be gone; the process closes them then
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"size": self.size, "drop": self.drop}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["size"], state["drop"])
+
+
+def _release(index: int | np.ndarray) -> None:
+    """An open index leaves the data set's Recent: a descriptor is closed; a mapping goes with its last
+    reference."""
+    if isinstance(index, int):
+        os.close(index)
+
+
+def user_cache_dir() -> Path:
+    """Where indexes go when the shards' folder is read-only: $XDG_CACHE_HOME/dtrain/shard-index, or
+    ~/.cache/dtrain/shard-index."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dtrain" / "shard-index"
+
+
+def _publish(target: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary beside `target`, then rename it over `target` (atomic: a reader sees the old file
+    or the whole new one). Ranks on several nodes may index the same shard at once on a shared file system,
+    and pids repeat across nodes: the temporary's name has the host, the pid and a random part, so two
+    writers never write into the same half-written file."""
+    tmp = target.with_name(f"{target.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+                           f"{target.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class ShardError(ValueError):
@@ -70,32 +183,90 @@ def _row_starts(path: Path, kind: str) -> tuple[np.ndarray, bytes | None]:
 class Shard:
     """One file, its rows found through a cached offset index."""
 
-    def __init__(self, path: Path, kind: str, cache_dir: Path, columns: list[str] | None = None):
+    def __init__(self, path: Path, kind: str, cache_dir: Path | Sequence[Path], columns: list[str] | None = None,
+                 indexes: Recent | None = None):
+        """`cache_dir`: where the index is looked for, in order (the first fresh one is used); a new one is
+        written to the first of them that is writable. `indexes`: the data set's open indexes (descriptors
+        or mappings), shared by its shards."""
         self.path, self.kind, self.columns = path, kind, columns
+        self._indexes = indexes if indexes is not None else Recent(OPEN_INDEXES, _release)
         st = path.stat()
         self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
-        key = hashlib.sha1(f"{path.resolve()}".encode()).hexdigest()[:16]
-        self.index_path = cache_dir / f"{path.name}.{key}.idx.npy"
-        meta_path = self.index_path.with_suffix(".json")
+        # Keyed by the resolved path alone: a changed shard's new index replaces its old one (the size and
+        # mtime in the meta file say whether it is fresh) instead of piling up in a shared user cache.
+        name = f"{path.name}.{hashlib.sha1(f'{path.resolve()}'.encode()).hexdigest()[:16]}.idx.npy"
+        dirs = [Path(cache_dir)] if isinstance(cache_dir, (str, Path)) else [Path(d) for d in cache_dir]
         want = {"version": INDEX_VERSION, "size": self.size, "mtime_ns": self.mtime_ns, "kind": kind}
-        try:
-            meta = json.loads(meta_path.read_text())
-            fresh = {k: meta.get(k) for k in want} == want and self.index_path.is_file()
-        except (OSError, ValueError):
-            fresh = False
-        if not fresh:  # first use, or the shard changed: index it once
-            table, extra = self._build_index()
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.index_path.with_name(self.index_path.name + f".{os.getpid()}.tmp.npy")
-            np.save(tmp, table)
-            os.replace(tmp, self.index_path)
-            meta_tmp = meta_path.with_name(meta_path.name + f".{os.getpid()}.tmp")
-            meta_tmp.write_text(json.dumps({**want, **extra}))
-            os.replace(meta_tmp, meta_path)
-        meta = json.loads(meta_path.read_text())
-        self.offsets = np.load(self.index_path, mmap_mode="r")  # paged in as touched, not held
+        meta = next((m for m in (self._fresh(d / name, want) for d in dirs) if m is not None), None)
+        if meta is None:  # first use, or the shard changed: index it once
+            meta = self._write_index(dirs, name, want)
         self.rows = meta["rows"]
         self._opened(meta)
+
+    def _fresh(self, index_path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+        """The meta of the index at `index_path` if it is there and fresh for this shard (else None); notes
+        where the array starts in the .npy, so reads find a row's offsets without parsing its header."""
+        try:
+            meta = json.loads(index_path.with_suffix(".json").read_text())
+            if {k: meta.get(k) for k in want} != want:
+                return None
+            with open(index_path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+                self._layout = (shape, dtype, f.tell(), os.fstat(f.fileno()).st_size)
+        except (OSError, ValueError):
+            return None
+        self.index_path = index_path
+        return meta
+
+    def _write_index(self, dirs: list[Path], name: str, want: dict[str, Any]) -> dict[str, Any]:
+        table, extra = self._build_index()
+        meta = {**want, **extra}
+        for d in dirs:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                _publish(d / name, lambda tmp: np.save(tmp, table))
+                _publish((d / name).with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))
+            except OSError as exc:
+                if exc.errno in _UNWRITABLE or isinstance(exc, (FileExistsError, NotADirectoryError)):
+                    continue  # a read-only data mount (or a file in the way): the next folder, the user's cache
+                raise
+            if self._fresh(d / name, want) is None:
+                raise ShardError(f"{d / name}: the index of {self.path} was replaced while written (is another "
+                                 "process indexing a changed copy?); restart once the shard stays put")
+            return meta
+        tried = ", ".join(str(d) for d in dirs)
+        raise ShardError(f"{self.path}: no writable folder for its index (tried {tried}); "
+                         "give ShardedDataset a writable cache_dir, or set XDG_CACHE_HOME to one")
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """The whole index, memory-mapped (paged in as touched), kept among the data set's open indexes."""
+        return self._indexes.get((self.index_path, "map"), self._map_index)
+
+    def _open_index(self) -> int:
+        try:
+            fd = os.open(self.index_path, os.O_RDONLY)
+        except OSError as exc:
+            raise ShardError(f"{self.index_path}: the index of {self.path} cannot be read ({exc.strerror}); "
+                             "was the index cache cleaned? restart to re-index") from None
+        if os.fstat(fd).st_size != self._layout[3]:
+            os.close(fd)
+            raise ShardError(f"{self.index_path}: the index of {self.path} changed while in use; restart to re-index")
+        return fd
+
+    def _map_index(self) -> np.ndarray:
+        shape, dtype, start, _ = self._layout
+        fd = self._open_index()
+        try:
+            # Python's mmap keeps a duplicate descriptor until the mapping goes (`trackfd=False` from 3.13
+            # drops it): a mapping per shard, as np.load(mmap_mode="r") made, held a descriptor per shard.
+            extra = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **extra)
+        finally:
+            os.close(fd)
+        return np.ndarray(shape, dtype, buffer=mapped, offset=start)
 
     def _build_index(self) -> tuple[np.ndarray, dict[str, Any]]:
         starts, header = _row_starts(self.path, self.kind)
@@ -122,8 +293,18 @@ class Shard:
         finally:
             os.close(fd)
 
+    def _span(self, row: int) -> tuple[int, int]:
+        """Row `row`'s (start, end) bytes: one pread of two numbers on the index's descriptor, held among
+        the data set's last OPEN_INDEXES. A mapping per index (`offsets`) would cost a remap on each read
+        once a shuffle window spans more shards than are kept (twice this read's time, measured)."""
+        _, dtype, start, _ = self._layout
+        raw = self._indexes.get((self.index_path, "fd"), self._open_index,
+                                lambda fd: os.pread(fd, 2 * dtype.itemsize, start + row * dtype.itemsize))
+        first, last = np.frombuffer(raw, dtype).tolist()
+        return first, last
+
     def read(self, row: int) -> dict[str, Any]:
-        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        start, end = self._span(row)
         raw = self._pread([(start, end - start)], row)[0]
         try:
             text = raw.decode("utf-8")
@@ -185,7 +366,7 @@ class TarShard(Shard):
     def labels(self) -> np.ndarray:
         """The `.cls` value of every sample (-1 where it has none): from the index, no sample read."""
         out = np.full(self.rows, -1, dtype=np.int64)
-        table = np.asarray(self.offsets)
+        table = self.offsets
         cls = [i for i, e in enumerate(self.extensions) if e == "cls"]
         if cls:
             mine = table[table[:, 3] == cls[0]]
@@ -193,9 +374,10 @@ class TarShard(Shard):
         return out
 
     def read(self, row: int) -> dict[str, Any]:
-        lo = int(np.searchsorted(self.offsets[:, 0], row, side="left"))
-        hi = int(np.searchsorted(self.offsets[:, 0], row, side="right"))
-        members = [(int(o), int(n), self.extensions[int(e)]) for _, o, n, e, _ in self.offsets[lo:hi]]
+        table = self.offsets
+        lo = int(np.searchsorted(table[:, 0], row, side="left"))
+        hi = int(np.searchsorted(table[:, 0], row, side="right"))
+        members = [(int(o), int(n), self.extensions[int(e)]) for _, o, n, e, _ in table[lo:hi]]
         data = self._pread([(o, n) for o, n, _ in members], row)
         return {ext: raw for (_, _, ext), raw in zip(members, data)}
 
@@ -209,15 +391,19 @@ def _check_columns(path: Path, wanted: list[str], present, where: str = "") -> N
 
 class ParquetShard:
     """One Parquet file: rows found through its row groups (their row counts are in the file's footer, so
-    no index is built). A read decodes the row's whole row group, and the last 16 decoded are kept: the
-    block shuffle's blocks are then row-group sized (ShardedDataset.block_order), so a window of 8 blocks
-    stays within the kept groups and each group is decoded about once an epoch per worker. Keep row groups
-    small (up to ~64k rows; `row_group_size` when writing): a worker holds 16 decoded."""
+    no index is built). A read decodes the row's whole row group, kept among the data set's last
+    `ROW_GROUPS_KEPT` decoded groups, over all its shards: the block shuffle's blocks are row-group sized
+    (ShardedDataset.block_order), so a window of 8 blocks stays within the kept groups and each group is
+    decoded about once an epoch per worker. Keep row groups small (up to ~64k rows; `row_group_size` when
+    writing): a worker holds 16 decoded, whatever the number of files."""
 
     kind = "parquet"
 
-    def __init__(self, path: Path, columns: list[str] | None = None, keep: int = 16):
-        self.path, self.columns, self.keep = path, columns, keep
+    def __init__(self, path: Path, columns: list[str] | None = None, keep: int = ROW_GROUPS_KEPT,
+                 groups: Recent | None = None):
+        """`groups`: the data set's decoded row groups, shared by its shards (a shard alone keeps `keep`)."""
+        self.path, self.columns = path, columns
+        self._groups = groups if groups is not None else Recent(keep)
         st = path.stat()
         self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
         meta = self._open().metadata
@@ -227,7 +413,6 @@ class ParquetShard:
         self.group_rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         self.ends = np.cumsum(self.group_rows, dtype=np.int64)
         self.rows = int(self.ends[-1]) if len(self.ends) else 0
-        self._groups: dict[int, Any] = {}  # row group -> decoded table, oldest first
 
     def _open(self):
         import pyarrow
@@ -241,24 +426,19 @@ class ParquetShard:
 
     def read(self, row: int) -> dict[str, Any]:
         g = int(np.searchsorted(self.ends, row, side="right"))
-        table = self._groups.pop(g, None)
-        if table is None:
-            try:
-                size = os.stat(self.path).st_size
-            except OSError as exc:
-                raise ShardError(f"{self.path}: cannot be read ({exc.strerror}); was it moved or deleted?") from None
-            if size != self.size:
-                raise ShardError(f"{self.path} changed since it was indexed (row {row + 1}); restart to re-index it")
-            # Opened per row group, not held (thousands of shards, every worker); the file is not mapped.
-            table = self._open().read_row_group(g, columns=self.columns)
-            if len(self._groups) >= self.keep:
-                self._groups.pop(next(iter(self._groups)))
-        self._groups[g] = table
+        table = self._groups.get((self.path, g), lambda: self._decode(g, row))
         first = int(self.ends[g - 1]) if g else 0
         return table.slice(row - first, 1).to_pylist()[0]
 
-    def __getstate__(self):  # a worker starts with no decoded groups (they can be large)
-        return {**self.__dict__, "_groups": {}}
+    def _decode(self, g: int, row: int):
+        try:
+            size = os.stat(self.path).st_size
+        except OSError as exc:
+            raise ShardError(f"{self.path}: cannot be read ({exc.strerror}); was it moved or deleted?") from None
+        if size != self.size:
+            raise ShardError(f"{self.path} changed since it was indexed (row {row + 1}); restart to re-index it")
+        # Opened per row group, not held (thousands of shards, every worker); the file is not mapped.
+        return self._open().read_row_group(g, columns=self.columns)
 
 
 class ShardedDataset(Dataset):
@@ -271,20 +451,29 @@ class ShardedDataset(Dataset):
     def __init__(self, source: str | Path | list, cache_dir: str | Path | None = None,
                  columns: list[str] | None = None):
         """`columns`: the keys every sample must have (checked per file for CSV and Parquet, per row for
-        JSONL, a missing one named with its shard); Parquet reads only these."""
+        JSONL, a missing one named with its shard); Parquet reads only these. `cache_dir`: where the shards'
+        indexes go; by default `<shards>/.dtrain-index`, or `user_cache_dir()` where that cannot be written."""
         files = _expand(source)
         if not files:
             raise ShardError(f"no JSONL, CSV, Parquet, .txt or .tar shards found at {source}")
-        cache = Path(cache_dir) if cache_dir else files[0].parent / ".dtrain-index"
+        # Beside the shards by default; where that folder cannot be written (a read-only data mount) new
+        # indexes go to the user's cache, while ones already beside the shards are still read.
+        cache = [Path(cache_dir)] if cache_dir else [files[0].parent / ".dtrain-index", user_cache_dir()]
+        self.open_indexes = Recent(OPEN_INDEXES, _release)
+        """The shards' indexes this process holds open (at most OPEN_INDEXES descriptors or mappings, over
+        all shards; a data file is opened per read)."""
+        self.row_groups = Recent(ROW_GROUPS_KEPT)
+        """The decoded Parquet row groups this process holds (at most ROW_GROUPS_KEPT, over all shards)."""
         self.shards: list[Shard | ParquetShard] = []
         for path in files:
             kind = KINDS.get(path.suffix.lower())
             if kind is None:
                 raise ShardError(f"{path}: unknown shard kind (use .jsonl, .csv, .parquet, .txt or .tar)")
             if kind == "parquet":
-                self.shards.append(ParquetShard(path, columns))
+                self.shards.append(ParquetShard(path, columns, groups=self.row_groups))
             else:
-                self.shards.append((TarShard if kind == "tar" else Shard)(path, kind, cache, columns))
+                self.shards.append((TarShard if kind == "tar" else Shard)(path, kind, cache, columns,
+                                                                          indexes=self.open_indexes))
         self.ends = np.cumsum([s.rows for s in self.shards])
         groups = [g for s in self.shards if isinstance(s, ParquetShard) for g in s.group_rows]
         self.block_order: int = min(65536, max(groups)) if groups else 65536
