@@ -140,12 +140,13 @@ def is_sharded(path: str | None) -> bool:
                                  or Path(path).suffix.lower() == ".parquet")
 
 
-def open_shards(cfg: Config, path: str, key: str):
-    """The shards at `path` (task.<key>), their text and label columns checked where the format says them."""
+def open_shards(cfg: Config, path: str, key: str, dist=None):
+    """The shards at `path` (task.<key>), their text and label columns checked where the format says them;
+    with `dist` (in the ranks) missing indexes are built by the ranks in turns."""
     from dtrain.shards import ShardedDataset, ShardError
 
     try:
-        return ShardedDataset(path, columns=[cfg.text_column, cfg.label_column])
+        return ShardedDataset(path, columns=[cfg.text_column, cfg.label_column], dist=dist)
     except ShardError as exc:
         raise TicketDataError(f"task.{key}: {exc}") from None
 
@@ -262,9 +263,9 @@ def build_sharded(cfg: Config, ctx: BuildContext) -> Task:
     names, columns = list(cfg.labels), (cfg.text_column, cfg.label_column)
     model_dir = resolve_model_path(cfg.model_path)
     tokenizer = load_tokenizer(model_dir)
-    train = ShardedTickets(open_shards(cfg, cfg.data_path, "data_path"), tokenizer, cfg.max_length, names, columns)
+    train = ShardedTickets(open_shards(cfg, cfg.data_path, "data_path", ctx.dist), tokenizer, cfg.max_length, names, columns)
     if is_sharded(cfg.val_path):
-        val = ShardedTickets(open_shards(cfg, cfg.val_path, "val_path"), tokenizer, cfg.max_length, names, columns)
+        val = ShardedTickets(open_shards(cfg, cfg.val_path, "val_path", ctx.dist), tokenizer, cfg.max_length, names, columns)
     else:
         tickets = load_tickets(cfg.val_path, names, columns=columns)
         val = Encoded(tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"], tickets.labels)

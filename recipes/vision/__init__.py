@@ -111,13 +111,13 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
         dataset = torch.utils.data.TensorDataset(images, labels)
         label_list = labels.tolist()
     elif cfg.dataset == "tar":
-        dataset = TarImages(cfg.root, cfg.image_size, cfg.channels)
+        dataset = TarImages(cfg.root, cfg.image_size, cfg.channels, ctx.dist)
         classes, label_list = dataset.classes, dataset.labels
     else:
         dataset = ImageFolder(cfg.root, cfg.image_size, cfg.channels)
         classes, label_list = dataset.classes, dataset.labels
     if cfg.dataset == "tar" and cfg.val_root:  # all of root trains, in its sharded order
-        train_data, val_data = dataset, TarImages(cfg.val_root, cfg.image_size, cfg.channels)
+        train_data, val_data = dataset, TarImages(cfg.val_root, cfg.image_size, cfg.channels, ctx.dist)
         if len(val_data.classes) > len(classes):
             raise ImageDataError(f"task.val_root: class {len(val_data.classes) - 1} is not in the training shards")
     else:

@@ -81,11 +81,11 @@ class TarImages(Dataset):
     list comes from the shards' index, without reading the images."""
 
 
-    def __init__(self, source: str, image_size: int, channels: int):
+    def __init__(self, source: str, image_size: int, channels: int, dist=None):
         from dtrain.shards import ShardedDataset, ShardError
 
         try:
-            self.rows = ShardedDataset(source)
+            self.rows = ShardedDataset(source, dist=dist)  # with dist (in the ranks): indexed in turns
         except ShardError as exc:
             raise ImageDataError(f"task.root: {exc}") from None
         if any(s.kind != "tar" for s in self.rows.shards):

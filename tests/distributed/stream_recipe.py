@@ -65,7 +65,7 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
 
     return Task(
         model=lambda: nn.Sequential(nn.Linear(cfg.in_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.num_classes)),
-        train_data=Drawn(ShardedDataset(cfg.shards, cache_dir=ctx.output_dir / "index")),
+        train_data=Drawn(ShardedDataset(cfg.shards, cache_dir=ctx.output_dir / "index", dist=ctx.dist)),
         loss_fn=lambda logits, batch: F.cross_entropy(logits.float(), batch[1]),
         forward=forward,
     )

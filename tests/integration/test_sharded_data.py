@@ -11,7 +11,7 @@ from torch import nn
 
 import dtrain
 from dtrain import Task
-from dtrain.shards import ShardedDataset
+from dtrain.shards import ShardedDataset, content_digest
 from tests.conftest import assert_bitwise_equal, final_checkpoint, load_pt
 
 
@@ -49,7 +49,7 @@ def test_sharded_data_trains_resumes_bitwise_and_refuses_changed_shards(tmp_path
         assert_bitwise_equal(load_pt(final_checkpoint(tmp_path / "resumed") / part),
                              load_pt(final_checkpoint(tmp_path / "straight") / part), part)
     assert load_pt(final_checkpoint(tmp_path / "straight") / "train_state.pt")["config"]["data.train"]["shards"][0] \
-        == ["part-000.jsonl", (d / "part-000.jsonl").stat().st_size, 40]
+        == ["part-000.jsonl", (d / "part-000.jsonl").stat().st_size, 40, content_digest(d / "part-000.jsonl")]
 
     # A shard rewritten between runs: the resume is refused, naming it.
     with open(d / "part-001.jsonl", "a") as f:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from dtrain.shards import BlockShuffle, ShardedDataset, ShardError
+from dtrain.shards import BlockShuffle, ShardedDataset, ShardError, content_digest
 
 
 def _write(tmp_path):
@@ -34,8 +34,9 @@ def test_random_access_equals_reading_every_shard_in_order(tmp_path):
     assert len(ds) == len(expected) == 10
     assert [ds[i] for i in (9, 0, 7, 3, 5)] == [expected[i] for i in (9, 0, 7, 3, 5)]  # any order
     assert [ds[i] for i in range(len(ds))] == expected
-    assert ds.fingerprint()["shards"] == [["a.jsonl", (d / "a.jsonl").stat().st_size, 4],
-                                          ["b.csv", (d / "b.csv").stat().st_size, 4], ["c.txt", 22, 2]]
+    assert [s[:3] for s in ds.fingerprint()["shards"]] == [["a.jsonl", (d / "a.jsonl").stat().st_size, 4],
+                                                           ["b.csv", (d / "b.csv").stat().st_size, 4], ["c.txt", 22, 2]]
+    assert [s[3] for s in ds.fingerprint()["shards"]] == [content_digest(d / n) for n in ("a.jsonl", "b.csv", "c.txt")]
 
 
 def test_the_index_is_built_once_and_rebuilt_when_a_shard_changes(tmp_path):
@@ -84,7 +85,7 @@ def test_parquet_shards_read_any_row_through_their_row_groups(tmp_path):
     want = [{"text": r["text"], "label": r["label"]} for r in rows]
     order = np.random.default_rng(0).permutation(25).tolist()
     assert [ds[i] for i in order] == [want[i] for i in order]
-    assert ds.fingerprint()["shards"][0] == ["a.parquet", (d / "a.parquet").stat().st_size, 17]
+    assert ds.fingerprint()["shards"][0][:3] == ["a.parquet", (d / "a.parquet").stat().st_size, 17]
     assert ShardedDataset(d)[3] == rows[3]  # every column without `columns`
     with pytest.raises(ShardError, match=r"a.parquet: no column 'category' \(it has text, label, score\)"):
         ShardedDataset(d, columns=["text", "category"])
@@ -155,3 +156,37 @@ def test_tar_shards_in_webdataset_layout_read_any_sample(tmp_path):
     (d / "c.tar").write_bytes((d / "a.tar").read_bytes()[:700])  # cut inside the second member
     with pytest.raises(ShardError, match=r"c.tar: not a readable uncompressed tar .*truncated"):
         ShardedDataset(d / "c.tar", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_an_edit_that_keeps_size_and_rows_changes_the_fingerprint(tmp_path, kind):
+    """A label fixed in place (same bytes, same rows) is other data: a resume on it must be refused."""
+    from dtrain.shards import ShardedDataset, describe_data
+
+    d = tmp_path / "data"
+    d.mkdir()
+    path = d / f"part-0.{kind}"
+
+    def write(label: int):
+        rows = [{"text": f"ticket {i}", "label": label if i == 3 else i % 2} for i in range(50)]
+        if kind == "jsonl":
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), path, compression="none")
+
+    write(0)
+    before = ShardedDataset(d).fingerprint()
+    size = path.stat().st_size
+    write(1)  # one digit of one row
+    assert path.stat().st_size == size
+    after = ShardedDataset(d).fingerprint()
+    assert after != before
+    assert describe_data(before, after) == [
+        f"part-0.{kind}: its content changed (same {size} bytes and 50 rows; crc32 "
+        f"{before['shards'][0][3]} -> {after['shards'][0][3]})"]
+    # a checkpoint written before the digest (name, size, rows) still resumes on unchanged data
+    old = {**before, "shards": [s[:3] for s in before["shards"]]}
+    assert describe_data(old, before) == []
