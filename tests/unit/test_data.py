@@ -47,9 +47,10 @@ def test_resume_start_continues_with_the_next_sample():
     assert list(s) == full[8:] and len(s) == 12
 
 
-@pytest.mark.parametrize("before, after, pos", [(2, 1, 16), (1, 2, 12), (2, 3, 10), (4, 2, 24)])
-def test_resume_on_another_world_size_neither_repeats_nor_skips(before, after, pos):
-    n = 60
+@pytest.mark.parametrize("before, after, pos, n", [(2, 1, 16, 60), (1, 2, 12, 60), (2, 3, 10, 60), (4, 2, 24, 60),
+                                                   # 8 nodes x 8 GPUs, and losing one node or one GPU
+                                                   (64, 56, 640, 5000), (64, 63, 1280, 5000), (8, 64, 512, 5000)])
+def test_resume_on_another_world_size_neither_repeats_nor_skips(before, after, pos, n):
     seen = []
     for r in range(before):  # the first `pos` global samples, drawn by `before` ranks
         s = TrainSampler(n, r, before, 0)
