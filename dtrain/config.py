@@ -260,6 +260,12 @@ class FSDPConfig:
     """Keep sharded parameters, gradients and optimizer state in CPU memory (CUDA runs only)."""
     activation_checkpointing: bool = False
     """Recompute each shard unit's activations in backward instead of storing them."""
+    sync_every_microbatch: bool = True
+    """With train.grad_accum_steps > 1: reduce-scatter the gradients after every micro-batch, so each rank
+    accumulates only its shard of them (gradient memory params/ranks, in CPU memory with cpu_offload),
+    at the price of one reduce-scatter per micro-batch instead of one per step (torchtitan's way). false
+    reduces once, on the window's last micro-batch, but every rank then holds every parameter's whole
+    fp32 gradient on the device through the window: DDP's gradient memory, for less communication."""
 
 
 @dataclass(kw_only=True)

@@ -88,8 +88,11 @@ class FSDPStrategy(Strategy):
         send_buffers(non_persistent_buffers(model), dict(full.named_buffers()) if full is not None else None, self.dist)
 
     def sync(self, last: bool) -> ContextManager:
-        # Accumulate unsharded-sum gradients locally; reduce-scatter once, on the window's last backward.
-        self.model.set_requires_gradient_sync(last)
+        # fsdp.sync_every_microbatch (the default): reduce-scatter after every micro-batch and accumulate
+        # the sharded gradients, params/ranks of memory per rank. Else: skip the reduce-scatter until the
+        # window's last backward, which keeps every parameter's unsharded fp32 gradient on every rank
+        # through the window (less communication, DDP's gradient memory). Both sum the same terms.
+        self.model.set_requires_gradient_sync(last or self.cfg.fsdp.sync_every_microbatch)
         return contextlib.nullcontext()
 
     def global_norm(self, local_norms: torch.Tensor) -> torch.Tensor:
