@@ -111,7 +111,10 @@ class Strategy:
         continues in the background once the state is staged in memory, and the future says when it ended."""
         import torch.distributed.checkpoint as dcp
 
-        state = self._dcp_state()
+        # Each rank stages and writes only its share of the replicated tensors (all of them under ddp):
+        # DCP would write each once anyway, but an async save stages the whole state dict first, a full
+        # replica per rank (issue 22). Every tensor is still whole in the checkpoint: it loads at any world size.
+        state = own_share(self._dcp_state(), self.dist.rank, self.dist.world_size)
         group = self.checkpoint_group()
         if async_save:
             return dcp.async_save(state, checkpoint_id=str(path), process_group=group,
@@ -164,3 +167,43 @@ class Strategy:
         if self._stager is not None:  # a stager passed to async_save is its caller's to close
             self._stager.close()
             self._stager = None
+
+
+def own_share(state: dict, rank: int, world: int) -> dict:
+    """`state` (nested dicts) without the plain tensors other ranks write: each plain tensor is replicated,
+    the same on every rank (DDP's whole state; buffers and step counts under fsdp), and goes to one rank,
+    largest first to the least loaded, so every rank stages and writes about 1/world of them. DTensors (a
+    rank's own shards) and non-tensor values stay. Every rank computes the same assignment from the same
+    names and sizes, with no collective."""
+    from torch.distributed.tensor import DTensor
+
+    plain: list[tuple[str, int]] = []
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, torch.Tensor) and not isinstance(v, DTensor):
+                plain.append((f"{prefix}{k}", v.numel() * v.element_size()))
+
+    walk(state, "")
+    if world <= 1 or not plain:
+        return state
+    load, owner = [0] * world, {}
+    for key, nbytes in sorted(plain, key=lambda kv: (-kv[1], kv[0])):
+        r = min(range(world), key=lambda i: (load[i], i))
+        owner[key], load[r] = r, load[r] + nbytes
+
+    def keep(d: dict, prefix: str) -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                sub = keep(v, key + ".")
+                if sub or not v:
+                    out[k] = sub
+            elif owner.get(key, rank) == rank:
+                out[k] = v
+        return out
+
+    return keep(state, "")
