@@ -123,3 +123,80 @@ def test_export_to_safetensors(manager, tmp_path):
     assert export_model(manager.root, out) == 2  # the checkpoints dir: newest is used
     got = load_st(out)
     assert torch.equal(got["weight"], lin.weight.detach()) and torch.equal(got["bias"], lin.bias.detach())
+
+
+# ------------------------------------------------------------------ what a load holds (issue 22)
+RESUME = r"""
+import json, sys
+from pathlib import Path
+import torch
+from dtrain.checkpoint import CheckpointManager
+from dtrain.dist import init_distributed
+from tests.memtrack import Peak
+
+model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)])
+optimizer = torch.optim.AdamW(model.parameters())  # no state yet, as at a resume
+manager = CheckpointManager(Path(sys.argv[1]), init_distributed("cpu", env={}))
+with Peak() as peak:  # what Trainer._start does with a torch-format checkpoint
+    loaded = manager.load(manager.newest_complete())
+    model.load_state_dict(loaded.model)
+    optimizer.load_state_dict(loaded.optim)
+    del loaded
+print(json.dumps({"peak": peak.bytes, "step": [s["step"].item() for s in optimizer.state.values()][:1]}))
+"""
+
+
+def test_a_resume_holds_each_checkpoint_file_once(manager, tmp_path):
+    """model.pt and optim.pt are mapped, not read whole and then unpickled beside their bytes: the peak of
+    a resume stays under the files' size (it was 2x: bytes + tensors, on every rank)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, child_env
+    from tests.memtrack import MALLOC_ENV
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)])  # 34 MB, AdamW state 67 MB
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 1024)).sum().backward()
+    optimizer.step()
+    path = manager.save(1, model.state_dict(), optimizer.state_dict(), {"step": 1})
+    del model, optimizer
+    files = (path / "model.pt").stat().st_size + (path / "optim.pt").stat().st_size
+    proc = subprocess.run([sys.executable, "-c", RESUME, str(manager.root)], cwd=ROOT, env=child_env(**MALLOC_ENV),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    print(f"resume peak: {result['peak'] / files:.2f}x the size of model.pt + optim.pt")
+    assert result["step"] == [1.0]  # the optimizer state really was loaded
+    assert result["peak"] < 1.1 * files, f"the resume held {result['peak'] / files:.2f}x the checkpoint's bytes"
+
+
+def test_a_model_only_load_neither_reads_nor_checks_the_optimizer_state(manager):
+    path = save(manager, 4, {"w": torch.ones(3)})
+    (path / "optim.pt").write_bytes(b"damaged")  # would fail its checksum if it were read
+    loaded = manager.load(path, model_only=True)
+    assert loaded.optim is None and torch.equal(loaded.model["w"], torch.ones(3))
+    with pytest.raises(CheckpointError, match="optim.pt is corrupted"):
+        manager.load(path)
+
+
+def test_evaluating_the_best_checkpoint_reads_no_optimizer_state(tmp_path, monkeypatch):
+    """Trainer.test() loads the best checkpoint's weights only (it never uses the optimizer state)."""
+    import dtrain
+    import dtrain.checkpoint
+    from dtrain import Task
+
+    read = []
+    real = dtrain.checkpoint.load_file
+    monkeypatch.setattr(dtrain.checkpoint, "load_file", lambda p, *a, **k: read.append(p.name) or real(p, *a, **k))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 4, generator=g)
+    data = list(zip(x, (x.sum(1) > 0).long()))
+    task = Task(model=lambda: torch.nn.Linear(4, 2), train_data=data[:32], val_data=data[32:40],
+                test_data=data[40:], loss_fn=lambda out, batch: torch.nn.functional.cross_entropy(out, batch[1]))
+    config = {"output_dir": str(tmp_path / "run"), "train": {"epochs": 2, "batch_size": 16},
+              "checkpoint": {"best_metric": "val_loss", "best_mode": "min"}}
+    dtrain.fit(task, config)
+    assert (tmp_path / "run" / "test_report.json").is_file()  # test() ran, from the best checkpoint
+    assert "model.pt" in read and "optim.pt" not in read, read
