@@ -140,6 +140,11 @@ class DeepSpeedStrategy(Strategy):
             os.environ.setdefault(key, str(value))
         import deepspeed
 
+        # DeepSpeed's comm layer wraps dtrain's process group now, before zero.Init: without it zero.Init's
+        # DeepSpeedConfig reads world size 1 and refuses the batch sizes, so a fresh ZeRO-3 run on 2+ ranks
+        # failed (deepspeed.initialize does this itself, too late for zero.Init; an earlier DeepSpeed run in
+        # the same process hid it).
+        deepspeed.comm.init_distributed(auto_mpi_discovery=False, verbose=False, dist_init_required=False)
         self.ds_config = deepspeed_config(self.cfg, self.dist.world_size, self.precision.mode)
         stage3 = self.cfg.deepspeed.stage == 3
         if stage3 and source.can_defer:
@@ -237,28 +242,50 @@ class DeepSpeedStrategy(Strategy):
     def save_state(self, path: Path, async_save: bool) -> None:
         self.engine.save_checkpoint(str(path.parent), tag=path.name, save_latest=False)
         weights = self._full_weights()
-        if self.dist.is_main:  # whole fp32 weights beside the shards: `dtrain checkpoint export` reads these
+        if weights is not None:  # whole fp32 weights beside the shards: `dtrain checkpoint export` reads these
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()},
-                      str(path / "model.safetensors"))
+            save_file(weights, str(path / "model.safetensors"))
         return None
 
-    def _full_weights(self) -> dict[str, torch.Tensor]:
-        """The fp32 master weights, whole (collective under ZeRO: each is assembled from its partitions),
-        and the buffers; under bf16/fp16 the module itself only holds 16-bit copies."""
+    def _full_weights(self) -> dict[str, torch.Tensor] | None:
+        """The fp32 master weights, whole, and the buffers, on the writing rank (None on the others);
+        under bf16/fp16 the module itself only holds 16-bit copies.
+
+        Collective under ZeRO: each parameter is assembled from its partitions on every rank, one at a
+        time. The writing rank moves it to CPU memory and keeps it; every other rank drops it before the
+        next one, so a non-writing rank never holds more than one whole parameter (issue 22: all of them
+        were kept on every rank, the whole fp32 model on every GPU at every save). A frozen parameter
+        has no master copy (DeepSpeed returns None for it); under ZeRO-3 its module tensor is only this
+        rank's partition, so it is gathered whole for the moment of the copy."""
+        import deepspeed
         from deepspeed.utils import safe_get_full_fp32_param
 
-        module = self.engine.module
-        full: dict[int, torch.Tensor] = {}  # by parameter: tied weights are assembled once
-        weights = {}
+        module, keep = self.engine.module, self.dist.is_main
+        first: dict[int, str] = {}  # by parameter, on every rank: a tied weight is assembled once
+        weights: dict[str, torch.Tensor] = {}
         for name, p in module.named_parameters(remove_duplicate=False):
-            if id(p) not in full:
-                master = safe_get_full_fp32_param(p)  # None where DeepSpeed keeps no separate master
-                full[id(p)] = master if master is not None else p.detach().float()
-            weights[name] = full[id(p)]
+            if id(p) in first:
+                if keep:  # safetensors refuses two names on one storage: a tied copy gets its own
+                    weights[name] = weights[first[id(p)]].clone()
+                continue
+            first[id(p)] = name
+            master = safe_get_full_fp32_param(p)
+            if master is not None:
+                whole = master.detach().to("cpu", torch.float32) if keep else None
+            elif hasattr(p, "ds_id"):  # ZeRO-3 and frozen: gathered on every rank, copied out by the writer
+                with deepspeed.zero.GatheredParameters([p]):
+                    whole = p.detach().to("cpu", torch.float32, copy=True) if keep else None
+            else:  # ZeRO 1/2 and frozen: the module holds it whole
+                whole = p.detach().to("cpu", torch.float32) if keep else None
+            del master
+            if keep:
+                weights[name] = whole.contiguous()
+        if not keep:
+            return None
         skip = non_persistent_buffers(module)
-        weights.update({name: b for name, b in module.named_buffers() if name not in skip})
+        weights.update({name: b.detach().to("cpu").contiguous() for name, b in module.named_buffers()
+                        if name not in skip})
         return weights
 
     def load_state(self, path: Path) -> None:
