@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from dtrain.checkpoint import CheckpointError, CheckpointManager, load_file
+from dtrain.checkpoint import CheckpointError, CheckpointManager, read_weights
 from recipes.ticket_router.data import TicketDataError
 from dtrain.config import load_config
 from recipes.ticket_router import load_model, load_tokenizer, resolve_model_path
@@ -55,7 +55,9 @@ def load_trained(run_dir: Path, which: str = "best"):
     names = json.loads((run_dir / "split.json").read_text())["labels"]
     model = load_model(model_dir, names)
     checkpoint = _checkpoint_dir(run_dir, which)
-    model.load_state_dict(load_file(checkpoint / "model.pt"))
+    # Any format the run wrote: model.pt (ddp), dcp shards joined in this one process (fsdp, async
+    # saves), or the whole fp32 weights DeepSpeed checkpoints carry; every file checked against meta.json.
+    model.load_state_dict(read_weights(checkpoint))
     return model.eval(), load_tokenizer(model_dir), names, cfg, abstention(run_dir, checkpoint, cfg.task.out_of_scope)
 
 

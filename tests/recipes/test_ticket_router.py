@@ -128,6 +128,62 @@ def test_train_export_predict_end_to_end(tmp_path, tiny_model):
     assert binary.returncode == 1 and "not UTF-8" in binary.stderr and str(tickets) in binary.stderr
 
 
+@pytest.mark.slow
+def test_an_fsdp_run_exports_and_predicts(tmp_path, tiny_model):
+    """fsdp's dcp shards are read by export and by predict on the run directory, joined in one process
+    without a process group (issue 22: serving read only model.pt, so an fsdp run could not be exported)."""
+    from safetensors.torch import load_file as load_safetensors
+
+    from dtrain.checkpoint import read_weights
+
+    out = tmp_path / "run"
+    launch(2, CFG, f"task.model_path={tiny_model}", f"output_dir={out}", "task.max_length=32", "train.max_steps=2",
+           "early_stopping.metric=null", "strategy=fsdp")
+    checkpoint = final_checkpoint(out)
+    assert json.loads((checkpoint / "meta.json").read_text())["kind"] == "dcp"
+    meta = json.loads(dtrain("export", str(out), str(tmp_path / "export")).stdout)
+    assert meta["parity"]["agreement"] >= 0.995 and meta["source"] == str(checkpoint)
+    # The exported weights are the trained ones, not the pretrained model's.
+    trained, exported = read_weights(checkpoint), load_safetensors(tmp_path / "export" / "hf" / "model.safetensors")
+    initial = load_safetensors(tiny_model / "model.safetensors")
+    assert all(torch.equal(exported[k], trained[k]) for k in exported), "export is not the checkpoint's weights"
+    assert any(not torch.equal(initial[k], exported[k]) for k in exported if k in initial), "export is untrained"
+    texts = ["I was charged twice this month", "the app crashes on start"]
+    from_onnx = [json.loads(x) for x in dtrain("predict", str(tmp_path / "export"), *texts).stdout.splitlines()]
+    from_run = [json.loads(x) for x in dtrain("predict", str(out), *texts).stdout.splitlines()]
+    assert [r["label"] for r in from_onnx] == [r["label"] for r in from_run]
+
+
+def test_a_deepspeed_checkpoint_is_read_by_serving(tmp_path, tiny_model):
+    """A DeepSpeed checkpoint's whole fp32 weights (state/model.safetensors, written beside its shards) are
+    what serving loads. The checkpoint is laid out by hand: a real one is proven to hold the trained
+    weights in tests/distributed (test_strategies, test_memory); here only the reading is at stake."""
+    import hashlib as hl
+
+    from safetensors.torch import save_file as save_safetensors
+
+    from dtrain.config import dump_yaml, load_config
+    from recipes.ticket_router import load_model
+    from recipes.ticket_router.serve import load_trained
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(CFG, [f"task.model_path={tiny_model}", f"output_dir={run_dir}", "strategy=deepspeed"])
+    names = ["account", "billing", "shipping", "technical"]
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    (ckpt / "state").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    (run_dir / "split.json").write_text(json.dumps({"labels": names}))
+    weights = {k: v + 0.25 for k, v in load_model(tiny_model, names).state_dict().items()}
+    save_safetensors({k: v.contiguous() for k, v in weights.items()}, str(ckpt / "state" / "model.safetensors"))
+    files = ["state/model.safetensors"]
+    sums = {f: hl.sha256((ckpt / f).read_bytes()).hexdigest() for f in files}
+    (ckpt / "meta.json").write_text(json.dumps({"format": 2, "kind": "deepspeed", "step": 2, "world_size": 2,
+                                                "files": files, "sha256": sums}))
+    model = load_trained(run_dir, "latest")[0]
+    assert model.state_dict().keys() == weights.keys()
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
 def test_export_fails_loudly_and_writes_nothing_when_parity_fails(tmp_path, tiny_model, monkeypatch):
     from recipes.ticket_router import serve
 
