@@ -75,7 +75,12 @@ def describe(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def check_resume(path: Path, recorded: dict[str, Any] | None, settings: dict[str, Any], allow: bool,
                  is_main: bool) -> list[str]:
     """The settings that differ from those checkpoint `path` recorded, if `allow`; else, if any differ,
-    raise one error naming them (old -> new). A checkpoint that recorded none (older) passes."""
+    raise one error naming them (old -> new). A checkpoint that recorded none (older) passes. A key it did
+    not record (added to dtrain since) counts as recorded at its default: a new key alone must not refuse
+    every older run."""
+    if recorded is not None:
+        defaults = {k: v for k, v in result_settings(RunConfig(recipe="-")).items() if not k.startswith("task")}
+        recorded = {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
     changed = describe(recorded, settings) if recorded is not None else []
     if changed and not allow:
         exc = SettingsChanged(

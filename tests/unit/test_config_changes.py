@@ -37,3 +37,13 @@ def test_a_changed_resume_is_refused_unless_allowed():
         check_resume(Path("step_7"), old, new, allow=False, is_main=True)
     assert check_resume(Path("step_7"), old, new, allow=True, is_main=True) == ["task.hidden 64 -> 32"]
     assert check_resume(Path("step_7"), None, new, allow=False, is_main=True) == []  # an older checkpoint
+
+
+def test_a_key_added_since_the_checkpoint_counts_at_its_default():
+    """fsdp.sync_every_microbatch arrived after runs were checkpointed: at its default it changes nothing;
+    set otherwise it is named."""
+    new = result_settings(load_config(CFG, []))
+    old = {k: v for k, v in new.items() if k != "fsdp.sync_every_microbatch"}
+    assert check_resume(Path("step_7"), old, new, allow=False, is_main=True) == []
+    off = result_settings(load_config(CFG, ["fsdp.sync_every_microbatch=false"]))
+    assert check_resume(Path("step_7"), old, off, allow=True, is_main=True) == ["fsdp.sync_every_microbatch True -> False"]
