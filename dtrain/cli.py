@@ -191,6 +191,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from dtrain.plan import Cluster, plan, render, to_json
+
+    cluster = Cluster.parse(args.nodes, args.gpus_per_node, args.gpu_memory, args.fs_bandwidth, args.device)
+    cfg = _load(args.config, args.overrides)
+    with _libraries_to_stderr():  # --json on stdout stays parseable
+        result = plan(cfg, cluster, args.config)
+    print(json.dumps(to_json(result), indent=1) if args.json else render(result))
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     import json
 
@@ -274,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (each with metrics.jsonl)")
     pl.add_argument("--out", help="output directory (default: RUN_DIR/plots for one run, ./plots for several)")
     pl.set_defaults(fn=cmd_plot)
+
+    pn = sub.add_parser("plan", help="memory per GPU and checkpoint cost of a config for ddp, fsdp and ZeRO 1/2/3 "
+                                     "at a given scale (measured on fake tensors; nothing is allocated)")
+    pn.add_argument("config", help="YAML config file")
+    pn.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.batch_size=8")
+    pn.add_argument("--nodes", default="1", help="nodes (default 1)")
+    pn.add_argument("--gpus-per-node", required=True, help="GPUs (ranks) per node")
+    pn.add_argument("--gpu-memory", default=None, help="memory per GPU, e.g. 80GB or 141GiB (default 80GB)")
+    pn.add_argument("--fs-bandwidth", default=None,
+                    help="checkpoint read/write bandwidth per node, e.g. 2GB/s (default 1GB/s)")
+    pn.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cuda (default): GPU memory; cpu: every row is the rank's host memory (gloo runs)")
+    pn.add_argument("--json", action="store_true", help="machine-readable output")
+    pn.set_defaults(fn=cmd_plan)
 
     en = sub.add_parser("env", help="versions, GPUs and distributed environment variables, for bug reports")
     en.add_argument("--json", action="store_true", help="machine-readable output")
