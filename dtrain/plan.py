@@ -801,8 +801,8 @@ def render(p: Plan) -> str:
     lines.append(head)
     row_names = ["parameters", "gradients", "optimizer state", "gathered + buffers", "activations + temps"]
 
-    def cell(e: Estimate, value: str) -> str:
-        return f"{'-' if e.refused else value:>{W}}"
+    def cell(e: Estimate, value: str) -> str:  # a space before each: a value wider than W stays apart
+        return f"{' ' + ('-' if e.refused else value):>{W}}"
 
     for row in row_names:
         lines.append(f"{row:<30}" + "".join(cell(e, fmt_bytes(e.rows.get(row, 0))) for e in p.estimates))
