@@ -29,7 +29,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig,
     # skip flag of the non-finite guard and of GradScaler on the device, where foreach needs a host sync.
     if cfg.name == "adamw":
         return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, fused=True)
-    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, fused=True)
+    # FSDP2's parameters are DTensors, and torch has no sharded kernel for the fused SGD step
+    # (aten._fused_sgd_): foreach there, and the guard's skip is decided on the host (a sync a step, guard on).
+    sharded = any(hasattr(p, "device_mesh") for group in param_groups for p in group["params"])
+    return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, fused=not sharded,
+                           foreach=True if sharded else None)
 
 
 def _ndim(p: nn.Parameter) -> int:

@@ -95,6 +95,8 @@ def runs(tmp_path_factory):
         {"name": "ds3_4", "overrides": ds3_4},
         {"name": "ds3_4_resumed", "overrides": [*ds3_4, *CRASH], "crash": True},
         {"name": "ds3_4_resumed", "overrides": ds3_4},
+        {"name": "fsdp4_sgd", "overrides": ["strategy=fsdp", *four, "optim.name=sgd", "train.max_steps=2",
+                                            "checkpoint.every_steps=100"]},
         # 3 validation samples for 4 ranks: rank 3 has none, yet must run the forwards the others gather
         # parameters for (sanity evaluation, evaluations and the best-checkpoint test)
         *({"name": f"{n}_tinyval", "overrides": [*o, "task.num_val=3", "train.max_steps=4", "train.sanity_eval_batches=2",
@@ -271,3 +273,11 @@ def test_tokens_per_second_counts_every_rank(runs):
     assert logs
     for rec in logs:
         assert rec["tokens_per_s"] / rec["samples_per_s"] == pytest.approx(2.5, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp_trains_with_sgd(runs):
+    """torch has no sharded fused SGD step: fsdp with optim.name=sgd failed at its first step."""
+    tmp, out = runs
+    assert "[worker] fsdp4_sgd done" in out
+    assert load_pt(_final(tmp / "fsdp4_sgd") / "train_state.pt")["step"] == 2
