@@ -50,6 +50,11 @@ def _phase(tmp: Path, nproc: int, steps: list[dict]) -> str:
     return proc.stdout
 
 
+def _crashed_then_resumed(name: str, overrides: list[str]) -> list[dict]:
+    """Run `name` until it crashes right after step 4 (CRASH), then the same command again: it resumes."""
+    return [{"name": name, "overrides": [*overrides, *CRASH], "crash": True}, {"name": name, "overrides": overrides}]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("strategies")
@@ -72,14 +77,11 @@ def runs(tmp_path_factory):
         *({"name": f"ds{s}", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO]} for s in (1, 2, 3)),
         *({"name": f"ds{s}_bf16", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO,
                                                  "train.precision=bf16"]} for s in (2, 3)),
-        {"name": "ds3_resumed", "overrides": [*ds3, *CRASH], "crash": True},
-        {"name": "ds3_resumed", "overrides": ds3},
-        *({"name": f"ds{s}_resumed", "overrides": [*ds, *extra], **crash}
-          for s in (1, 2) for ds in [["strategy=deepspeed", f"deepspeed.stage={s}", *TWO]]
-          for extra, crash in ((CRASH, {"crash": True}), ([], {}))),
+        *_crashed_then_resumed("ds3_resumed", ds3),
+        *(item for s in (1, 2)
+          for item in _crashed_then_resumed(f"ds{s}_resumed", ["strategy=deepspeed", f"deepspeed.stage={s}", *TWO])),
         {"name": "ddp_dcp", "overrides": ddp_dcp},
-        {"name": "ddp_dcp_resumed", "overrides": [*ddp_dcp, *CRASH], "crash": True},
-        {"name": "ddp_dcp_resumed", "overrides": ddp_dcp},
+        *_crashed_then_resumed("ddp_dcp_resumed", ddp_dcp),
     ])
     out += _phase(tmp, 1, [{"name": "fsdp_2to1", "overrides": ["strategy=fsdp", *ONE, *ASYNC, *ALLOW]}])
     # 3 and 4 ranks, where the order of a sum over ranks matters ((a+b)+c != a+(b+c)) and a validation
@@ -89,12 +91,10 @@ def runs(tmp_path_factory):
     out += _phase(tmp, 4, [
         {"name": "ddp4", "overrides": ["strategy=ddp", *four, "train.log_every=3"]},
         {"name": "fsdp4", "overrides": fsdp4},
-        {"name": "fsdp4_resumed", "overrides": [*fsdp4, *CRASH], "crash": True},
-        {"name": "fsdp4_resumed", "overrides": fsdp4},
+        *_crashed_then_resumed("fsdp4_resumed", fsdp4),
         *({"name": f"ds{s}_4", "overrides": ["strategy=deepspeed", f"deepspeed.stage={s}", *four]} for s in (1, 2)),
         {"name": "ds3_4", "overrides": ds3_4},
-        {"name": "ds3_4_resumed", "overrides": [*ds3_4, *CRASH], "crash": True},
-        {"name": "ds3_4_resumed", "overrides": ds3_4},
+        *_crashed_then_resumed("ds3_4_resumed", ds3_4),
         {"name": "fsdp4_sgd", "overrides": ["strategy=fsdp", *four, "optim.name=sgd", "train.max_steps=2",
                                             "checkpoint.every_steps=100"]},
         # 3 validation samples for 4 ranks: rank 3 has none, yet must run the forwards the others gather
@@ -107,11 +107,9 @@ def runs(tmp_path_factory):
     out += _phase(tmp, 3, [
         {"name": "ddp3", "overrides": ["strategy=ddp", *TWO]},
         {"name": "fsdp3", "overrides": fsdp3},
-        {"name": "fsdp3_resumed", "overrides": [*fsdp3, *CRASH], "crash": True},
-        {"name": "fsdp3_resumed", "overrides": fsdp3},
+        *_crashed_then_resumed("fsdp3_resumed", fsdp3),
         {"name": "ds2_3", "overrides": ds2_3},
-        {"name": "ds2_3_resumed", "overrides": [*ds2_3, *CRASH], "crash": True},
-        {"name": "ds2_3_resumed", "overrides": ds2_3},
+        *_crashed_then_resumed("ds2_3_resumed", ds2_3),
     ])
     return tmp, out
 

@@ -13,7 +13,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 from dtrain.shards import OPEN_INDEXES, ROW_GROUPS_KEPT, ShardedDataset
-from tests.conftest import ROOT, child_env
+from tests.conftest import ROOT, child_env, write_tar
 
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
 
@@ -115,7 +114,7 @@ def test_open_descriptors_do_not_grow_with_the_number_of_shards(tmp_path):
     d = tmp_path / "tars"
     d.mkdir()
     for k in range(30):
-        _tar(d / f"s{k:02d}.tar", [(f"k{k}_{i}", {"png": b"p" * 10, "cls": str(i % 3).encode()}) for i in range(3)])
+        write_tar(d / f"s{k:02d}.tar", [(f"k{k}_{i}", {"png": b"p" * 10, "cls": str(i % 3).encode()}) for i in range(3)])
     start = _fds()
     tars = ShardedDataset(d, cache_dir=tmp_path / "cache")
     assert sum(len(s.labels()) for s in tars.shards) == 90
@@ -229,15 +228,6 @@ def test_a_read_only_data_folder_indexes_into_the_users_cache(tmp_path):
     assert out["error"].endswith("give ShardedDataset a writable cache_dir, or set XDG_CACHE_HOME to one")
 
 
-def _tar(path, samples) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def test_tar_image_labels_are_one_int64_array(tmp_path):
     """TarImages held a Python list of every label (8 bytes a slot + 28 per int above 256): now 8 bytes a
     sample, and a sample's label is still a plain int."""
@@ -250,8 +240,8 @@ def test_tar_image_labels_are_one_int64_array(tmp_path):
     d = tmp_path / "tars"
     d.mkdir()
     labels = [300 + (i % 3) for i in range(10)]
-    _tar(d / "a.tar", [(f"a/{i}", {"png": buf.getvalue(), "cls": str(y).encode()}) for i, y in enumerate(labels[:6])])
-    _tar(d / "b.tar", [(f"b/{i}", {"png": buf.getvalue(), "cls": str(y).encode()}) for i, y in enumerate(labels[6:])])
+    write_tar(d / "a.tar", [(f"a/{i}", {"png": buf.getvalue(), "cls": str(y).encode()}) for i, y in enumerate(labels[:6])])
+    write_tar(d / "b.tar", [(f"b/{i}", {"png": buf.getvalue(), "cls": str(y).encode()}) for i, y in enumerate(labels[6:])])
     data = TarImages(str(d), image_size=4, channels=1)
     assert isinstance(data.labels, np.ndarray) and data.labels.dtype == np.int64
     assert data.labels.nbytes == 8 * len(data) and data.labels.tolist() == labels
@@ -259,11 +249,11 @@ def test_tar_image_labels_are_one_int64_array(tmp_path):
     image, label = data[7]
     assert type(label) is int and label == labels[7] and image.shape == (1, 4, 4)
 
-    _tar(d / "c.tar", [("c/0", {"png": buf.getvalue()})])
+    write_tar(d / "c.tar", [("c/0", {"png": buf.getvalue()})])
     with pytest.raises(ImageDataError, match=r"c.tar sample 1: no integer .cls member"):
         TarImages(str(d), image_size=4, channels=1)
     one = tmp_path / "one"
     one.mkdir()
-    _tar(one / "a.tar", [(f"a/{i}", {"png": buf.getvalue(), "cls": b"5"}) for i in range(3)])
+    write_tar(one / "a.tar", [(f"a/{i}", {"png": buf.getvalue(), "cls": b"5"}) for i in range(3)])
     with pytest.raises(ImageDataError, match=r"needs at least 2 classes, found \[5\]"):
         TarImages(str(one), image_size=4, channels=1)

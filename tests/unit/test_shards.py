@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dtrain.shards import BlockShuffle, ShardedDataset, ShardError, content_digest
+from tests.conftest import write_tar
 
 
 def _write(tmp_path):
@@ -131,23 +132,12 @@ def test_block_shuffle_of_a_billion_samples_holds_no_billion_numbers():
     assert np.unique([order[p] for p in range(0, 2000)]).size == 2000
 
 
-def _tar(path, samples):
-    import tarfile
-
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def test_tar_shards_in_webdataset_layout_read_any_sample(tmp_path):
     d = tmp_path / "tars"
     d.mkdir()
     samples = [(f"img/{i:04d}", {"png": bytes([i]) * (100 + i), "cls": str(i % 3).encode()}) for i in range(9)]
-    _tar(d / "a.tar", samples[:5])
-    _tar(d / "b.tar", samples[5:] + [("img/extra", {"png": b"x"})])  # a sample with no label
+    write_tar(d / "a.tar", samples[:5])
+    write_tar(d / "b.tar", samples[5:] + [("img/extra", {"png": b"x"})])  # a sample with no label
     ds = ShardedDataset(d, cache_dir=tmp_path / "cache")
     assert len(ds) == 10
     for i in (7, 0, 4, 9, 3):
