@@ -129,7 +129,8 @@ def _lose_n2_then_resume(jobs: list[str], run_dir: Path, args: list[str], spec: 
     wait_for(lambda: not _processes(job), 60, f"job {job}'s first attempt to leave n1")
     # n2 comes back (its new slurmd goes where down.sh will stop it); the job continues from its checkpoint
     subprocess.run(["slurmd", "-N", "n2"], check=True)
-    wait_for(lambda: Path("/run/slurmd-n2.pid").is_file() and int(Path("/run/slurmd-n2.pid").read_text()) != slurmd,
+    # slurmd creates its pid file before it writes the number: an empty read means "not yet", not a failure
+    wait_for(lambda: _pid_in("/run/slurmd-n2.pid") not in (None, slurmd),
              30, "n2's new slurmd")
     pids = Path("/tmp/dtrain-slurm.pids")  # down.sh stops exactly these: the new slurmd for the killed one
     kept = [x for x in pids.read_text().split() if x != str(slurmd)]
@@ -147,3 +148,12 @@ def _lose_n2_then_resume(jobs: list[str], run_dir: Path, args: list[str], spec: 
     assert wait_done(job) == "COMPLETED", logs(run_dir, job)
     text = logs(run_dir, job)
     assert re.search(r"resumed from \S+step_000000\d\d at step (\d+)", text), text
+
+
+def _pid_in(path: str) -> int | None:
+    """The pid a daemon's pid file holds, or None while it is missing or still empty."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
