@@ -82,7 +82,7 @@ def _image_tars(d, shards=2, per_shard=24, size=12):
     return d
 
 
-def test_vision_reads_tar_shards_in_workers_and_names_a_bad_image(tmp_path):
+def test_vision_reads_tar_shards_in_workers_and_skips_a_bad_image_naming_it(tmp_path):
     from tests.conftest import run
 
     tars = _image_tars(tmp_path / "tars")
@@ -103,7 +103,9 @@ def test_vision_reads_tar_shards_in_workers_and_names_a_bad_image(tmp_path):
             info.size = len(data)
             tar.addfile(info, __import__("io").BytesIO(data))
     (tmp_path / "bad.tar").rename(tars / "shard-002.tar")
+    # Found only when decoded, mid-epoch: skipped with one warning naming it, the epoch goes on.
     bad = run("recipes/vision/config.yaml", *args, f"output_dir={tmp_path / 'bad'}", "train.max_steps=12",
               check=False)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 0 and "Traceback" not in bad.stderr
     assert f"unreadable image {tars / 'shard-002.tar'} sample 1" in bad.stderr
+    assert "skipped, the next readable sample takes its place" in bad.stderr
