@@ -130,11 +130,27 @@ def cmd_recipe_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    if bool(args.texts) == bool(args.file):
-        return _fail("give ticket texts or --file FILE (one of the two)")
+    texts = bool(args.texts or args.file)
+    if texts and args.images:
+        raise UsageError("give ticket texts (or --file FILE) or --images PATH..., not both")
+    if args.texts and args.file:
+        raise UsageError("give ticket texts or --file FILE (one of the two)")
+    if not texts and not args.images:
+        raise UsageError("give what to predict: ticket texts or --file FILE (text models), --images PATH... "
+                         "(image models)")
     out = sys.stdout
     with _libraries_to_stderr():
-        for row in _recipe_of(args.source, "predict")(args.source, args.texts, file=args.file):
+        predict = _recipe_of(args.source, "predict")
+        if args.images:  # a recipe's predict that takes images has an `images` argument
+            try:
+                rows = predict(args.source, images=args.images)
+            except TypeError as exc:
+                if "unexpected keyword argument 'images'" not in str(exc):
+                    raise
+                raise UsageError(f"{args.source} is a text model: give ticket texts or --file FILE, not --images") from None
+        else:  # an image model given texts says so itself
+            rows = predict(args.source, args.texts, file=args.file)
+        for row in rows:
             print(json.dumps(row, ensure_ascii=False), file=out, flush=True)
     return 0
 
@@ -254,10 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     rx.add_argument("--checkpoint", default="best", help="best (default), latest, or a step_* directory")
     rx.set_defaults(fn=cmd_recipe_export)
 
-    pr = sub.add_parser("predict", help="route texts with an exported model or a run directory")
+    pr = sub.add_parser("predict", help="route texts or classify images with an exported model or a run directory")
     pr.add_argument("source", help="export directory or run directory")
     pr.add_argument("texts", nargs="*", help="ticket texts")
     pr.add_argument("--file", help=".txt (one per line), .csv or .jsonl (a 'text' column) of tickets")
+    pr.add_argument("--images", nargs="+", metavar="PATH",
+                    help="image models: .png/.jpg files, or directories (every image inside, sorted)")
     pr.set_defaults(fn=cmd_predict)
 
     sl = sub.add_parser("slurm", help="Slurm: submit a config as an sbatch job, or show the allocation")
