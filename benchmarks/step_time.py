@@ -14,7 +14,10 @@ over rounds, its ratio to the raw loop's median, and the median of the per-round
 
 Workloads: `mlp` (recipes/mlp, small: overhead-bound) and `ticket_router` (MiniLM-L6 encoder,
 compute-bound; batches padded to max_length so every variant does the same arithmetic whatever
-order its sampler draws). Peers missing from the environment (pip install -e '.[bench]') are skipped
+order its sampler draws) and `vision` (config_fashion_mnist.yaml's ResNet on Fashion-MNIST with its
+augmentation applied on the device by the recipe's train_transform in every variant; dtrain draws each
+sample's parameters from its own seed, the others get the identity parameters: the same arithmetic).
+Peers missing from the environment (pip install -e '.[bench]') are skipped
 and say so.
 """
 
@@ -48,6 +51,11 @@ WORKLOADS = {
                 task={"num_train": 32768, "num_val": 0, "in_dim": 32, "hidden": 256, "depth": 3}),
     "ticket_router": dict(steps=12, warmup=3, log_every=1, batch=16, lr=1e-4,
                           task={"max_length": 32}),
+    # config_fashion_mnist.yaml's network and augmentation on Fashion-MNIST (Debian's IDX files)
+    "vision": dict(steps=80, warmup=20, log_every=5, batch=64, lr=1e-3,
+                   task={"dataset": "fashion_mnist", "root": os.environ.get("FASHION_MNIST_DIR"), "image_size": 28, "widths": [32, 64, 128],
+                         "blocks_per_stage": 2, "crop_padding": 2, "flip": True, "erase_p": 0.25,
+                         "channels_last": True}),
 }
 
 
@@ -149,6 +157,7 @@ def run_raw(workload: str, spec: dict, clock: Clock) -> None:
     step, window = 0, torch.zeros((), device=device)
     for batch in loader:
         batch = move(batch, device)
+        batch = task.train_transform(batch) if task.train_transform else batch
         loss = task.loss_fn(task.forward(ddp, batch), batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -209,6 +218,7 @@ def run_accelerate(workload: str, spec: dict, clock: Clock) -> None:
     model, opt, loader, sched = acc.prepare(task.model, opt, loader, sched)
     step, window = 0, torch.zeros((), device=acc.device)
     for batch in loader:
+        batch = task.train_transform(batch) if task.train_transform else batch
         loss = task.loss_fn(task.forward(model, batch), batch)
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,6 +252,7 @@ def run_lightning(workload: str, spec: dict, clock: Clock) -> None:
             self.window = None
 
         def training_step(self, batch, batch_idx):
+            batch = task.train_transform(batch) if task.train_transform else batch
             loss = task.loss_fn(task.forward(self.model, batch), batch)
             self.window = loss.detach() if self.window is None else self.window + loss.detach()
             return loss

@@ -116,7 +116,8 @@ def test_unreadable_image(tmp_path):
     _image_folder(tmp_path / "images", broken=True)
     proc = run(VISION, *SMALL_VISION, "task.dataset=folder", f"task.root={tmp_path / 'images'}", "task.image_size=16",
                "train.batch_size=4", f"output_dir={tmp_path}/run", "task.val_fraction=0.5", check=False)
-    one_line(proc, 1, "unreadable image", "broken.png")
+    # Found by the header pass before any rank starts: bad input, exit 2, the file named.
+    one_line(proc, 2, "do not read as images", "broken.png", "remove or fix it")
 
 
 def test_output_dir_not_writable(tmp_path):
