@@ -1,5 +1,5 @@
-"""Slurm: render an sbatch script from the templates in dtrain/templates/ (package data), submit it, and
-read an allocation.
+"""Slurm: render an sbatch script from the templates in slurm/ (installed as the package data
+dtrain.slurm_templates: pyproject.toml), submit it, and read an allocation.
 
 The batch script asks Slurm for USR1 ahead of the time limit. Its trap touches <run_dir>/PREEMPT,
 every rank sees it at the next step boundary, rank 0 checkpoints, dtrain writes <run_dir>/PREEMPTED
@@ -15,12 +15,14 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
 from dtrain.preemption import DONE_FILE as PREEMPTED_FILE
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # inside the package: found from a wheel too
+TEMPLATES = "dtrain.slurm_templates"
+"""The checkout's slurm/, mapped to this package by pyproject.toml: found in a wheel and an editable install."""
 
 COMMON = """\
 set -uo pipefail
@@ -95,10 +97,19 @@ class SlurmJob:
         return bad
 
 
-def template_for(job: SlurmJob) -> Path:
+def template_for(job: SlurmJob) -> str:
+    """The template's file name in slurm/."""
     if job.launcher == "srun":
-        return TEMPLATES / "srun_tasks.sbatch"
-    return TEMPLATES / ("one_node.sbatch" if job.nodes == 1 else "multi_node.sbatch")
+        return "srun_tasks.sbatch"
+    return "one_node.sbatch" if job.nodes == 1 else "multi_node.sbatch"
+
+
+def read_template(name: str) -> str:
+    try:
+        return resources.files(TEMPLATES).joinpath(name).read_text(encoding="utf-8")
+    except ModuleNotFoundError:  # an editable install made before slurm/ was mapped: reinstall once
+        raise RuntimeError(f"the sbatch templates ({TEMPLATES}) are not installed; run "
+                           "`pip install -e .` (or `make venv`) again in the checkout") from None
 
 
 def render(job: SlurmJob, python: str = sys.executable, workdir: Path | None = None) -> str:
@@ -133,12 +144,12 @@ def render(job: SlurmJob, python: str = sys.executable, workdir: Path | None = N
                                 signal_lead_s=job.signal_lead_s, preempted=PREEMPTED_FILE),
         "finish": FINISH.format(preempted=PREEMPTED_FILE, max_requeues=job.max_requeues),
     }
-    text = template_for(job).read_text()
+    text = read_template(template_for(job))
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     left = re.findall(r"\{\{(\w+)\}\}", text)
     if left:
-        raise ValueError(f"template {template_for(job)} has unknown placeholders: {sorted(set(left))}")
+        raise ValueError(f"template slurm/{template_for(job)} has unknown placeholders: {sorted(set(left))}")
     return re.sub(r"\n{3,}", "\n\n", text)
 
 

@@ -39,6 +39,39 @@ def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def _site(venv: Path) -> Path:
+    return Path(subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_package_and_the_slurm_templates(wheel_venv):
+    # pyproject.toml lists the packages (slurm/ is mapped into dtrain): one added without listing it fails here.
+    site = _site(wheel_venv)
+    packages = [p.parent.relative_to(ROOT) for top in ("dtrain", "recipes") for p in (ROOT / top).rglob("__init__.py")]
+    missing = [str(p).replace("/", ".") for p in packages if not (site / p / "__init__.py").is_file()]
+    assert not missing, f"packages missing from the wheel: {missing}; add them to [tool.setuptools] packages in pyproject.toml"
+    templates = sorted(p.name for p in (ROOT / "slurm").glob("*.sbatch"))
+    assert templates and sorted(p.name for p in (site / "dtrain" / "slurm_templates").glob("*.sbatch")) == templates
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, marker", [
+    ([], "--standalone"),                                   # one_node.sbatch
+    (["--nodes=2"], "--rdzv-backend=c10d"),                 # multi_node.sbatch
+    (["--launcher=srun"], "-m dtrain.cli run"),             # srun_tasks.sbatch
+])
+def test_installed_wheel_dry_run_renders_outside_a_checkout(wheel_venv, tmp_path, flags, marker):
+    """No cluster needed: `dtrain slurm submit --dry-run` reads its template from the installed package."""
+    config = tmp_path / "mlp.yaml"
+    shutil.copyfile(ROOT / "recipes" / "mlp" / "config.yaml", config)
+    dry = _run(wheel_venv, "slurm", "submit", "--dry-run", "--procs-per-node=1", *flags, str(config),
+               f"output_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("#!/bin/bash") and marker in dry.stdout
+    assert str(wheel_venv / "bin" / "python") in dry.stdout
+
+
 @pytest.mark.slow
 def test_installed_wheel_renders_and_runs_a_slurm_job(slurm, wheel_venv, tmp_path):  # noqa: F811
     where = subprocess.run([str(wheel_venv / "bin" / "python"), "-c", "import dtrain, recipes; print(dtrain.__file__, recipes.__file__)"],
