@@ -107,9 +107,11 @@ COMPILE_MODES = {"default", "reduce-overhead", "max-autotune", "max-autotune-no-
 @dataclass(kw_only=True)
 class OptimConfig:
     name: Literal["adamw", "sgd"] = "adamw"
+    """adamw (fused AdamW: betas, decoupled weight decay) or sgd (with momentum)."""
     lr: float = 1e-3
     """Peak learning rate, reached at the end of warmup."""
     weight_decay: float = 0.0
+    """Weight decay of the matrices (parameters of 2+ dimensions); biases and norm weights take none."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     momentum: float = 0.9
@@ -119,6 +121,7 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     """Decay after warmup, down to lr * min_lr_ratio at the last step."""
     min_lr_ratio: float = 0.0
+    """Where the decay ends, as a fraction of `lr` (0: down to zero; ignored by schedule constant)."""
 
     def check(self) -> list[str]:
         bad = []
@@ -146,6 +149,7 @@ class CheckpointConfig:
     best_metric: str | None = None
     """Evaluation metric whose best value is kept apart, e.g. 'accuracy' or 'val_loss'."""
     best_mode: Literal["max", "min"] = "max"
+    """Whether a higher (max: accuracy) or lower (min: val_loss) best_metric is better."""
     resume: str = "auto"
     """'auto' (newest complete checkpoint in output_dir, or start fresh), 'none', or a checkpoint path."""
     allow_changes: bool = False
@@ -172,9 +176,11 @@ class EarlyStoppingConfig:
     metric: str | None = None
     """Evaluation metric to watch, e.g. 'val_loss' (None: no early stopping)."""
     mode: Literal["min", "max"] = "min"
+    """Whether the metric improves downwards (min: val_loss) or upwards (max: accuracy)."""
     patience: int = 2
     """Evaluations in a row without improvement before the run stops."""
     min_delta: float = 0.0
+    """An evaluation counts as an improvement only when it beats the best so far by more than this."""
 
     def check(self) -> list[str]:
         return [f"early_stopping.patience: must be >= 1, got {self.patience}"] if self.patience < 1 else []
@@ -300,9 +306,11 @@ class FaultInjectionConfig:
     hang_at_step: int | None = None
     """Rank `hang_rank` sleeps for an hour inside this optimizer step (before its forward pass)."""
     hang_rank: int = 0
+    """The rank that hangs at `hang_at_step`."""
     nan_loss_at_steps: list[int] = field(default_factory=list)
     """Optimizer steps whose loss is made NaN on rank `nan_rank`."""
     nan_rank: int = 0
+    """The rank whose loss is made NaN at `nan_loss_at_steps`."""
     disk_full_at_step: int | None = None
     """The checkpoint of this step fails part-way with ENOSPC, as on a full disk."""
     hold_at: str | None = None
@@ -310,7 +318,9 @@ class FaultInjectionConfig:
     reaches it (first micro-batch), it writes its pid to <output_dir>/.hold and pauses `hold_s` seconds,
     once per process, so that benchmarks/chaos.py can strike at that instant."""
     hold_rank: int = 0
+    """The rank that pauses at `hold_at`."""
     hold_s: float = 3.0
+    """Seconds the pause at `hold_at` lasts."""
 
 
 @dataclass(kw_only=True)
@@ -320,19 +330,32 @@ class RunConfig:
     output_dir: str = "runs/default"
     """Run directory: config.yaml, metrics.jsonl and checkpoints/ are written here."""
     seed: int = 0
+    """Seeds model initialisation, the data order, per-sample randomness (augmentation) and each rank's RNGs:
+    the same seed and config repeat a run exactly (on GPUs with train.deterministic)."""
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     """How the model is spread over ranks: ddp (replicas), fsdp (FSDP2 sharding), deepspeed (ZeRO 1-3)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The loop: length, batch size and accumulation, precision, compile, logging and evaluation cadence."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and learning-rate schedule."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """When checkpoints are written, how many are kept, and how a run resumes."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """Stop when an evaluation metric has not improved for a while (off unless `metric` is set)."""
     dist: DistConfig = field(default_factory=DistConfig)
+    """Device, process-group timeout and hang watchdog."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metric loggers (wandb, TensorBoard) and the console's progress display."""
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    """A torch.profiler trace of a few steps (off unless `start` is set)."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
+    """Settings read only with strategy: ddp."""
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Settings read only with strategy: fsdp."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """Settings read only with strategy: deepspeed."""
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
+    """Failures on purpose, for the tests and benchmarks/chaos.py."""
     task: Any = None
     """Recipe-specific section, typed and checked by the recipe's own Config dataclass."""
 
