@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from dtrain.messages import plain, user_traceback
+
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 DEBUG_ENV = "DTRAIN_DEBUG"
@@ -20,6 +22,29 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+def version() -> str:
+    """The installed distribution's version, else the package's own (a checkout on PYTHONPATH)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("dtrain")
+    except metadata.PackageNotFoundError:
+        import dtrain
+
+        return getattr(dtrain, "__version__", "unknown")
+
+
+class _Version(argparse.Action):
+    """--version: looked up only when asked for, so building the parser stays as cheap as --help."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"dtrain {version()}", flush=True)
+        parser.exit()
+
+
 def _load(config: str, overrides: list[str]):
     from dtrain.config import load_config
 
@@ -28,11 +53,12 @@ def _load(config: str, overrides: list[str]):
 
 def _preflight(cfg) -> None:
     from dtrain.config_changes import check_before_start
-    from dtrain.preflight import check_device_support, check_output_dir, check_recipe_data
+    from dtrain.preflight import check_device_support, check_output_dir, check_recipe_data, check_resume_path
     from dtrain.runlock import check_free
 
     check_device_support(cfg)
     check_free(cfg.output_dir)
+    check_resume_path(cfg)
     check_before_start(cfg)
     check_recipe_data(cfg)
     check_output_dir(cfg.output_dir)
@@ -158,18 +184,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_slurm_submit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dtrain.slurm import SlurmJob, render, submit
+    from dtrain.slurm import SlurmJob, render, submit, whole_numbers
 
+    # Bad flags are bad input like a bad config key: one line naming each, before the config is read.
+    numbers, problems = whole_numbers({key: getattr(args, key) for key in SlurmJob.COUNTS})
+    job = SlurmJob(
+        config=args.config, overrides=args.overrides, run_dir=Path(), **numbers,
+        time=args.time, partition=args.partition, account=args.account, qos=args.qos,
+        job_name=args.job_name, launcher=args.launcher,
+    )
+    problems += job.check()
+    if problems:
+        raise UsageError("; ".join(problems))
     cfg = _load(args.config, args.overrides)  # config errors surface before anything is queued
     if not args.dry_run:
         _preflight(cfg)
-    job = SlurmJob(
-        config=args.config, overrides=args.overrides, run_dir=Path(cfg.output_dir), nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node, cpus_per_task=args.cpus_per_task,
-        time=args.time, partition=args.partition, account=args.account, qos=args.qos,
-        job_name=args.job_name, launcher=args.launcher, signal_lead_s=args.signal_lead,
-        max_requeues=args.max_requeues,
-    )
+    job.run_dir = Path(cfg.output_dir)
     script = render(job)
     if args.dry_run:
         print(script, end="")
@@ -233,6 +263,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dtrain", description="Distributed training: one YAML, any launcher.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks (also after the command: dtrain run --debug)")
+    p.add_argument("--version", action=_Version, help="print dtrain's version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     # --debug after the command works too; SUPPRESS keeps a subcommand's default from hiding the global flag.
     debug = argparse.ArgumentParser(add_help=False)
@@ -281,19 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     sl = sub.add_parser("slurm", help="Slurm: submit a config as an sbatch job, or show the allocation")
     slsub = sl.add_subparsers(dest="slurm_command", required=True)
     sb = slsub.add_parser("submit", help="render slurm/*.sbatch for this config into the run directory and sbatch it")
-    sb.add_argument("--nodes", type=int, default=1)
-    sb.add_argument("--gpus-per-node", type=int, default=0)
-    sb.add_argument("--procs-per-node", type=int, default=None, help="default: one per GPU, or 1")
-    sb.add_argument("--cpus-per-task", type=int, default=None)
+    # Values are checked by the command (dtrain.slurm), not by argparse: a bad one is one line, exit 2.
+    sb.add_argument("--nodes", default=1)
+    sb.add_argument("--gpus-per-node", default=0)
+    sb.add_argument("--procs-per-node", default=None, help="default: one per GPU, or 1")
+    sb.add_argument("--cpus-per-task", default=None)
     sb.add_argument("--time", default="01:00:00", help="time limit, e.g. 30, 04:00:00, 1-00:00:00")
     sb.add_argument("--partition")
     sb.add_argument("--account")
     sb.add_argument("--qos")
     sb.add_argument("--job-name", default="dtrain")
-    sb.add_argument("--launcher", default="torchrun", choices=["torchrun", "srun"],
-                    help="torchrun: one task per node runs torchrun; srun: one task per process")
-    sb.add_argument("--signal-lead", type=int, default=90, help="seconds before the time limit to checkpoint")
-    sb.add_argument("--max-requeues", type=int, default=3, help="requeues after a checkpointed stop, at most")
+    sb.add_argument("--launcher", default="torchrun",
+                    help="torchrun (default): one task per node runs torchrun; srun: one task per process")
+    sb.add_argument("--signal-lead", dest="signal_lead_s", default=90, help="seconds before the time limit to checkpoint")
+    sb.add_argument("--max-requeues", default=3, help="requeues after a checkpointed stop, at most")
     sb.add_argument("--dry-run", action="store_true", help="print the script; submit nothing")
     sb.add_argument("config")
     sb.add_argument("overrides", nargs="*")
@@ -372,70 +404,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, end="", flush=True)
             return code
         return _fail(plain(exc), code)
-
-
-def user_traceback(exc: BaseException) -> str | None:
-    """The traceback of `exc` cut to the frames of the user's own files (not dtrain's, not the standard
-    library's or an installed package's), with the exception's last line; None if it has no such frame
-    or is one of dtrain's or a recipe's own errors (those say what to do in one line)."""
-    import sysconfig
-    import traceback
-    from pathlib import Path
-
-    if type(exc).__module__.startswith(("dtrain.", "recipes.")):
-        return None
-    here = Path(__file__).resolve().parent
-    ours = (str(here) + os.sep, str(here.parent / "recipes") + os.sep)  # dtrain and its shipped recipes
-    libraries = {str(Path(sysconfig.get_paths()[k]).resolve()) + os.sep
-                 for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not str(Path(f.filename).resolve()).startswith((*ours, *libraries)) and not f.filename.startswith("<")]
-    if not frames:
-        return None
-    lines = traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
-
-
-# How gloo (and NCCL) say that the other end of a collective has gone: its process or its node died.
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
-
-
-def lost_peer(text: str, env=os.environ) -> str:
-    """The line a rank prints when another rank vanished mid-collective: this rank and node, the peer's
-    address as the backend gave it; the launcher's (or Slurm's) log names the rank or node that died."""
-    import re
-
-    from dtrain.dist import node_name, read_env
-
-    rank = read_env(env).rank
-    peer = re.search(r"peer \[?([0-9A-Za-z.:-]+?)\]?:(\d+)", text)
-    at = f" (at {peer.group(1)}:{peer.group(2)})" if peer else ""
-    return (f"rank {rank} on {node_name(env)} lost its connection to another rank{at}: that rank's process or "
-            "its node has gone, and the launcher's or Slurm's log says which. Run the same command (or let "
-            "Slurm requeue the job) to continue from the newest complete checkpoint")
-
-
-def plain(exc: BaseException) -> str:
-    """One line for the user. dtrain's own errors already say what is wrong and what to do; a system
-    error is said in words, with the file; anything else is unexpected, and --debug shows where."""
-    text = str(exc)
-    if text.startswith("Caught ") and "DataLoader worker process" in text.split("\n", 1)[0]:
-        # Re-raised by the DataLoader as the same class, with the worker's whole traceback as its message:
-        # the original message is its last line, after the class name.
-        last = text.rstrip().splitlines()[-1]
-        name = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-        text = last[len(name):] if last.startswith(name) else last.split(": ", 1)[-1]
-    if type(exc).__module__.startswith(("dtrain.", "recipes.")):
-        return text
-    if any(sign in text for sign in PEER_LOST):
-        return lost_peer(text)
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror[0].lower()}{exc.strerror[1:]}{where}"
-    if isinstance(exc, OSError) and text:  # raised with a message of its own: that says it
-        return text
-    text = text.strip() or "no message"
-    return f"{text} (unexpected; rerun with `dtrain --debug ...` for where it happened, and report it)"
 
 
 if __name__ == "__main__":

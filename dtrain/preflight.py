@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from dtrain.config import RunConfig
+from dtrain.messages import plain
 
 
 class PreflightError(RuntimeError):
@@ -48,9 +49,22 @@ def check_recipe_data(cfg: RunConfig) -> None:
         try:
             recipe.preflight(cfg.task)
         except (OSError, ValueError) as exc:
-            from dtrain.cli import plain
-
             raise PreflightError(plain(exc) if isinstance(exc, OSError) else str(exc)) from None
+
+
+def check_resume_path(cfg: RunConfig) -> None:
+    """checkpoint.resume, when it is a path, names a directory (whether that holds a complete, intact
+    checkpoint is for the trainer's load to say, naming the damaged file)."""
+    resume = cfg.checkpoint.resume
+    if resume in ("auto", "none"):
+        return
+    path = Path(resume)
+    if not path.is_dir():
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise PreflightError(
+            f"checkpoint.resume: {path} {what}; give auto (the newest checkpoint in output_dir), "
+            "none (start fresh), or an existing checkpoint directory (output_dir/checkpoints/step_*)"
+        )
 
 
 def check_nproc(nproc: int, gpus: int) -> None:

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 from dtrain.preemption import DONE_FILE as PREEMPTED_FILE
 
@@ -81,20 +81,43 @@ class SlurmJob:
     signal_lead_s: int = 90
     max_requeues: int = 3
 
+    COUNTS: ClassVar[dict[str, int]] = {"nodes": 1, "gpus_per_node": 0, "procs_per_node": 1, "cpus_per_task": 1,
+                                        "signal_lead_s": 0, "max_requeues": 0}
+    """The whole-number fields, each with its least allowed value."""
+
     def check(self) -> list[str]:
+        """Every bad value, each named by its `dtrain slurm submit` flag (none: an empty list)."""
         bad = []
-        for key in ("nodes", "gpus_per_node", "procs_per_node", "cpus_per_task", "signal_lead_s", "max_requeues"):
+        for key, low in self.COUNTS.items():
             v = getattr(self, key)
-            low = 1 if key in ("nodes", "procs_per_node", "cpus_per_task") else 0
             if v is not None and v < low:
-                bad.append(f"--{key.replace('_', '-')}: must be >= {low}, got {v}")
+                bad.append(f"{flag(key)}: must be >= {low}, got {v}")
         if self.launcher not in ("torchrun", "srun"):
             bad.append(f"--launcher: must be torchrun or srun, got {self.launcher!r}")
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", self.time):
-            bad.append(f"--time: {self.time!r} is not a Slurm time (MM, HH:MM:SS or D-HH:MM:SS)")
+            bad.append(f"--time: {self.time!r} is not a Slurm time limit: give MM, HH:MM:SS or D-HH:MM:SS "
+                       "(e.g. 30, 04:00:00, 1-00:00:00)")
         if not re.fullmatch(r"[\w.-]+", self.job_name):
             bad.append(f"--job-name: use letters, digits, '.', '_' or '-', got {self.job_name!r}")
         return bad
+
+
+def flag(field: str) -> str:
+    """The `dtrain slurm submit` flag that sets a SlurmJob field."""
+    return "--signal-lead" if field == "signal_lead_s" else "--" + field.replace("_", "-")
+
+
+def whole_numbers(values: Mapping[str, object]) -> tuple[dict[str, int | None], list[str]]:
+    """Command-line strings of SlurmJob's whole-number fields as ints (None and ints pass through),
+    and a line for each that is not a whole number."""
+    numbers: dict[str, int | None] = {}
+    bad = []
+    for key, v in values.items():
+        try:
+            numbers[key] = None if v is None else int(v)  # type: ignore[call-overload]
+        except ValueError:
+            bad.append(f"{flag(key)}: must be a whole number, got {v!r}")
+    return numbers, bad
 
 
 def template_for(job: SlurmJob) -> str:

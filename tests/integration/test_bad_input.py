@@ -216,3 +216,40 @@ def test_clinc150_settings_name_the_key(tmp_path, overrides, message):
     args = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     one_line(dtrain("run", CLINC, f"output_dir={out}", *args, check=False), 2, message.replace("{tmp}", str(tmp_path)))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--time", "soon"], "--time: 'soon' is not a Slurm time limit: give MM, HH:MM:SS or D-HH:MM:SS"),
+    (["--nodes", "0"], "--nodes: must be >= 1, got 0"),
+    (["--nodes", "two"], "--nodes: must be a whole number, got 'two'"),
+    (["--signal-lead=-5"], "--signal-lead: must be >= 0, got -5"),
+    (["--launcher", "mpi"], "--launcher: must be torchrun or srun, got 'mpi'"),
+    (["--job-name", "my job"], "--job-name: use letters, digits, '.', '_' or '-', got 'my job'"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_bad_slurm_submit_flags_are_one_plain_line(tmp_path, flags, message, dry_run):
+    out = tmp_path / "never"
+    proc = dtrain("slurm", "submit", *(["--dry-run"] if dry_run else []), *flags, MLP, f"output_dir={out}", check=False)
+    line = one_line(proc, 2, message)
+    assert "unexpected" not in line and "--debug" not in line and not out.exists() and not proc.stdout
+
+
+def test_every_bad_slurm_submit_flag_is_named_at_once():
+    line = one_line(dtrain("slurm", "submit", "--dry-run", "--cpus-per-task=0", "--time=soon", MLP, check=False), 2)
+    assert "--cpus-per-task: must be >= 1, got 0; --time: 'soon'" in line
+
+
+@pytest.mark.parametrize("command", ["run", "launch"])
+def test_resume_from_a_path_that_does_not_exist(tmp_path, command):
+    out, missing = tmp_path / "never", tmp_path / "runs" / "step_00000004"
+    line = one_line(dtrain(command, MLP, f"output_dir={out}", f"checkpoint.resume={missing}", check=False), 2,
+                    f"checkpoint.resume: {missing} does not exist",
+                    "give auto (the newest checkpoint in output_dir), none (start fresh), or an existing checkpoint "
+                    "directory")
+    assert "unexpected" not in line and not out.exists()
+
+
+def test_resume_from_a_file_names_it(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"")
+    one_line(run(MLP, f"output_dir={tmp_path / 'never'}", f"checkpoint.resume={tmp_path / 'model.pt'}", check=False),
+             2, f"checkpoint.resume: {tmp_path / 'model.pt'} is a file, not a directory")

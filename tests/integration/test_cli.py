@@ -89,6 +89,22 @@ def test_help_does_not_import_torch():
     assert proc.stdout.strip() == "[]"
 
 
+def test_version_prints_the_version_without_importing_torch():
+    from importlib import metadata
+
+    import dtrain as package
+
+    code = ("import sys\nfrom dtrain.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit as exc:\n"
+            "    print(exc.code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True, check=True)
+    try:
+        expected = metadata.version("dtrain")
+    except metadata.PackageNotFoundError:
+        expected = package.__version__
+    assert proc.stdout.splitlines() == [f"dtrain {expected}", "0 False"], proc.stdout + proc.stderr
+    assert dtrain("--version").stdout == f"dtrain {expected}\n"  # and as a command: exit 0
+
+
 def _image_folder(root, broken=False):
     from PIL import Image
 

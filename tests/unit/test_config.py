@@ -95,7 +95,7 @@ def test_yaml_is_read_safely(tmp_path):
 
 
 def test_unexpected_errors_are_said_without_exception_class_names(tmp_path):
-    from dtrain.cli import plain
+    from dtrain.messages import plain
 
     missing = tmp_path / "gone.csv"
     try:

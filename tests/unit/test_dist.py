@@ -102,13 +102,13 @@ def test_cpus_per_rank_come_from_the_affinity_mask(monkeypatch):
 
 
 def test_a_vanished_peer_is_one_plain_line_naming_this_rank_and_node():
-    from dtrain.cli import plain
+    from dtrain.messages import plain
 
     gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                         "[10.1.2.3]:27015. This is typically caused by a remote worker crashing. GLHF!")
     line = plain(gloo)
     assert "gloo" not in line and "unexpected" not in line and "at 10.1.2.3:27015" in line
-    from dtrain.cli import lost_peer
+    from dtrain.messages import lost_peer
 
     assert lost_peer(str(gloo), {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0",
                                      "SLURMD_NODENAME": "n7"}).startswith(
