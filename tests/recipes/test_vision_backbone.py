@@ -68,6 +68,31 @@ def test_sees_a_temple_and_a_flower(imagenet, photos):
     assert 985 in top5["flower.jpg"], top5  # daisy
 
 
+def test_imagenet_mean_std_is_the_wrong_scaling(imagenet, photos):
+    """The weights learnt (x - 127) / 128: ImageNet's mean and std halve the daisy's probability."""
+    pixels = scaled(photos["flower.jpg"], 224) * NORMALIZE[1] + NORMALIZE[0]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
+    with torch.no_grad():
+        right = imagenet((pixels - NORMALIZE[0]) / NORMALIZE[1]).softmax(1)[0, 985]
+        wrong = imagenet((pixels - mean[:, None, None]) / std[:, None, None]).softmax(1)[0, 985]
+    assert right > 1.5 * wrong, (right, wrong)  # seen: 0.21 vs 0.10 (china.jpg's palace: 0.32 vs 0.28, too close)
+
+
+@pytest.mark.parametrize("size,stem_stride", [(97, 2), (28, 1)])
+def test_odd_sizes_match_reference_with_exact_same_padding(size, stem_stride):
+    """Odd sides pad symmetrically: 97 px is odd at every stride 2, and 28 px at stem_stride 1 (Fashion-MNIST)
+    strides a 7 px map in stages[3]. The reference's dynamic padding is TF-same at any size (its static
+    padding, used above, is fixed at build time and agrees only on sizes of the same parity)."""
+    ref = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, image_size=None)
+    ref.load_state_dict(torch.load(pretrained_path(), map_location="cpu", weights_only=True))
+    ref._conv_stem.stride = [stem_stride, stem_stride]
+    mine = EfficientNetLite0(1000, stem_stride=stem_stride)
+    load_pretrained(mine, include_classifier=True)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(mine.eval()(x), ref.eval()(x), atol=1e-4, rtol=1e-4)
+
+
 def test_grey_stem_equals_grey_replicated_to_rgb(imagenet, photos):
     grey = EfficientNetLite0(1000, in_channels=1)
     load_pretrained(grey, include_classifier=True)
