@@ -19,13 +19,19 @@ from dtrain.recipe import BuildContext, Task
 @dataclass(kw_only=True)
 class Config:
     num_train: int = 512
+    """Training samples generated from the fixed random teacher."""
     num_val: int = 128
+    """Validation samples generated alike (0: no evaluation)."""
     in_dim: int = 16
+    """Input features."""
     hidden: int = 64
+    """Width of each hidden layer."""
     depth: int = 2
     """Hidden layers."""
     num_classes: int = 4
+    """Classes the teacher assigns."""
     dropout: float = 0.0
+    """Dropout probability after each hidden layer."""
     input_noise: float = 0.0
     """Std of Gaussian noise added to training inputs (drawn per sample from its own seed: sample_rng)."""
     data_seed: int = 1234

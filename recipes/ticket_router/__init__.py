@@ -39,6 +39,7 @@ class Config:
     """Your own test file (same format). With val_path too, all of data_path is training data (CLINC150's
     official splits: config_clinc150.yaml); alone, data_path is split into train and validation."""
     text_column: str = "text"
+    """See label_column."""
     label_column: str = "label"
     """The columns (CSV header, JSON key, Parquet column) holding each ticket's text and label."""
     model_path: str = BUILTIN_MODEL
@@ -49,7 +50,9 @@ class Config:
     max_length: int = 128
     """Tokens per ticket; longer tickets are truncated."""
     val_fraction: float = 0.15
+    """Share of data_path held out for validation, per label, when there is no val_path."""
     test_fraction: float = 0.15
+    """Share of data_path held out for the test, per label, when there is no test_path."""
     out_of_scope: str | None = None
     """The label of tickets that fit no team (CLINC150: oos). Reports then add in-scope accuracy and this
     label's recall and precision, and a ticket predicted as it goes to a person."""
