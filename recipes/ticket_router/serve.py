@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from dtrain.checkpoint import CheckpointError, CheckpointManager, read_weights
+from dtrain.checkpoint import read_weights
+from dtrain.serving import run_checkpoint, staged_dir
 from recipes.ticket_router.data import TicketDataError
 from dtrain.config import load_config
 from recipes.ticket_router import load_model, load_tokenizer, resolve_model_path
@@ -33,28 +31,13 @@ class ExportError(RuntimeError):
     pass
 
 
-def _checkpoint_dir(run_dir: Path, which: str) -> Path:
-    manager = CheckpointManager(run_dir / "checkpoints", None)  # type: ignore[arg-type]  # reading only
-    if which == "best":
-        best = manager.best()
-        if best is not None:
-            return manager.root / best["checkpoint"]
-        which = "latest"
-    if which == "latest":
-        path = manager.newest_complete()
-        if path is None:
-            raise CheckpointError(f"{run_dir} holds no complete checkpoint; train first")
-        return path
-    return Path(which)
-
-
 def load_trained(run_dir: Path, which: str = "best"):
     """(model in eval mode, tokenizer, label names, cfg, abstention or None) from a run's checkpoint."""
     cfg = load_config(run_dir / "config.yaml")
     model_dir = resolve_model_path(cfg.task.model_path)
     names = json.loads((run_dir / "split.json").read_text())["labels"]
     model = load_model(model_dir, names)
-    checkpoint = _checkpoint_dir(run_dir, which)
+    checkpoint = run_checkpoint(run_dir, which)
     # Any format the run wrote: model.pt (ddp), dcp shards joined in this one process (fsdp, async
     # saves), or the whole fp32 weights DeepSpeed checkpoints carry; every file checked against meta.json.
     model.load_state_dict(read_weights(checkpoint))
@@ -140,12 +123,7 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
     model, tokenizer, names, cfg, abstain = load_trained(run_dir, checkpoint)
     val_texts = validation_texts(cfg)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export should follow the user's umask
-    try:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(tmp / "hf", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "hf")
         export_onnx(model, tokenizer, tmp / "model.onnx", {
@@ -159,14 +137,9 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
                 f"{result['agreement']:.2%} (need {PARITY_MIN_AGREEMENT:.1%}); nothing was written"
             )
         meta = {"recipe": "ticket_router", "labels": names, "max_length": cfg.task.max_length,
-                "source": str(_checkpoint_dir(run_dir, checkpoint)), "abstain": abstain, "parity": result}
+                "source": str(run_checkpoint(run_dir, checkpoint)), "abstain": abstain, "parity": result}
         (tmp / "dtrain_export.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-        return meta
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 # ------------------------------------------------------------------------------------------ predict

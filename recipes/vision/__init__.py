@@ -170,6 +170,13 @@ def datasets(cfg: Config, dist=None):
     return train, val, test, train.classes
 
 
+def held_out(cfg: Config, data, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices of a set without its own validation images: val_fraction per class.
+    Serving's parity check takes the same validation images with the run's seed."""
+    labels = data.labels if hasattr(data, "labels") else data.tensors[1]
+    return stratified_split(list(map(int, labels)), cfg.val_fraction, seed)
+
+
 def make_model(cfg: Config, num_classes: int, weights: bool = True) -> nn.Module:
     """The configured network on the CPU; `weights=False` skips the pretrained file (a skeleton)."""
     if cfg.model == "resnet":
@@ -206,8 +213,7 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
     if val_data is not None:  # all of root trains (tar shards: in their sharded order)
         train_data = data
     else:
-        train_idx, val_idx = stratified_split(list(map(int, data.labels)) if hasattr(data, "labels")
-                                              else data.tensors[1].tolist(), cfg.val_fraction, ctx.seed)
+        train_idx, val_idx = held_out(cfg, data, ctx.seed)
         train_data = torch.utils.data.Subset(data, train_idx)
         val_data = torch.utils.data.Subset(data, val_idx)
     spec = augment_spec(cfg)

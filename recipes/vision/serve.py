@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -26,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtrain.checkpoint import CheckpointError, CheckpointManager, read_weights
+from dtrain.checkpoint import read_weights
+from dtrain.serving import run_checkpoint, staged_dir
 from dtrain.config import load_config
-from dtrain.data import stratified_split
-from recipes.vision import Config, datasets, input_size, load_size, make_model, model_input
+from recipes.vision import Config, datasets, held_out, input_size, load_size, make_model, model_input
 from recipes.vision.data import IMAGE_SUFFIXES, ImageDataError, UnreadableImage, decode_image
 
 PARITY_ATOL = 1e-3
@@ -59,23 +56,6 @@ def pixel_size(cfg: Config) -> int:
     return {"digits": 8, "fashion_mnist": 28}.get(cfg.dataset, load_size(cfg))
 
 
-def _checkpoint_dir(run_dir: Path, which: str) -> Path:
-    """best (else latest), latest, or a step_* directory (a path, or a name under RUN_DIR/checkpoints)."""
-    manager = CheckpointManager(run_dir / "checkpoints", None)  # type: ignore[arg-type]  # reading only
-    if which == "best":
-        best = manager.best()
-        if best is not None and (manager.root / best["checkpoint"]).is_dir():
-            return manager.root / best["checkpoint"]
-        which = "latest"
-    if which == "latest":
-        path = manager.newest_complete()
-        if path is None:
-            raise CheckpointError(f"{run_dir} holds no complete checkpoint; train first")
-        return path
-    path = Path(which)
-    return path if path.is_dir() or not (manager.root / which).is_dir() else manager.root / which
-
-
 def _classes(run_dir: Path, cfg: Config) -> list[str]:
     """The class names the run trained with: classes.json (written when it started), else from the data."""
     path = run_dir / "classes.json"
@@ -89,7 +69,7 @@ def load_trained(run_dir: str | Path, which: str = "best"):
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     classes = _classes(run_dir, cfg.task)
-    checkpoint = _checkpoint_dir(run_dir, which)
+    checkpoint = run_checkpoint(run_dir, which)
     model = make_model(cfg.task, len(classes), weights=False)
     # Any format the run wrote (ddp's model.pt, fsdp's dcp shards, DeepSpeed's fp32 weights), checked
     # against meta.json, never unpickled.
@@ -167,8 +147,7 @@ def validation_images(cfg, limit: int = PARITY_IMAGES) -> torch.Tensor:
     build() holds out of the training set (same seed, same split), else its test set."""
     data, val, test, _ = datasets(cfg.task)
     if val is None:
-        labels = data.labels if hasattr(data, "labels") else data.tensors[1]
-        _, idx = stratified_split(list(map(int, labels)), cfg.task.val_fraction, cfg.seed)
+        _, idx = held_out(cfg.task, data, cfg.seed)
         val = torch.utils.data.Subset(data, idx) if idx else test
     if val is None or len(val) == 0:
         raise ExportError("no validation images for the ONNX parity check; give task.val_root")
@@ -210,12 +189,7 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
         raise ExportError(f"validation images are {tuple(images.shape[1:])}, expected {(task.channels, side, side)}"
                           " (channels, side, side); recipes.vision.serve.pixel_size does not know this data set")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export should follow the user's umask
-    try:
+    with staged_dir(out_dir) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         info = {"recipe": "vision", "classes": classes, "channels": task.channels, "load_size": side,
@@ -233,12 +207,7 @@ def export(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best") -
                 "pixels 0..255, S = load_size, decoded like evaluation (shorter side to S, centre crop)",
                 "task": asdict(task), "parity": result}
         (tmp / "dtrain_export.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-        return meta
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 # ------------------------------------------------------------------------------------------ predict
