@@ -216,32 +216,27 @@ def litdata_loader(out: Path, workers: int):
 _CLASSES: dict = {}
 
 
-def _mosaic_class():
-    """Mosaic's StreamingDataset with the shared transform; made once and named in this module, so spawned
-    workers can unpickle it."""
-    if "mosaic" not in _CLASSES:
-        class MosaicTokenized(import_streaming().StreamingDataset):
-            def __getitem__(self, i):
-                row = super().__getitem__(i)
-                return tokenize(row["text"]), int(row["label"])
+def _tokenizing(name: str, base: type) -> type:
+    """`base` (a peer's streaming data set) with the shared transform applied to each row it yields; made
+    once per name and bound to that name in this module, so spawned workers can unpickle it."""
+    if name not in _CLASSES:
+        def __getitem__(self, i):
+            row = base.__getitem__(self, i)
+            return tokenize(row["text"]), int(row["label"])
 
-        MosaicTokenized.__qualname__ = "MosaicTokenized"
-        globals()["MosaicTokenized"] = _CLASSES["mosaic"] = MosaicTokenized
-    return _CLASSES["mosaic"]
+        cls = type(name, (base,), {"__getitem__": __getitem__, "__module__": __name__})
+        globals()[name] = _CLASSES[name] = cls
+    return _CLASSES[name]
 
 
-def _lit_class():
-    if "lit" not in _CLASSES:
-        import litdata
+def _mosaic_class() -> type:
+    return _tokenizing("MosaicTokenized", import_streaming().StreamingDataset)
 
-        class LitTokenized(litdata.StreamingDataset):
-            def __getitem__(self, i):
-                row = super().__getitem__(i)
-                return tokenize(row["text"]), int(row["label"])
 
-        LitTokenized.__qualname__ = "LitTokenized"
-        globals()["LitTokenized"] = _CLASSES["lit"] = LitTokenized
-    return _CLASSES["lit"]
+def _lit_class() -> type:
+    import litdata
+
+    return _tokenizing("LitTokenized", litdata.StreamingDataset)
 
 
 # ------------------------------------------------------------------------------------------ the runs

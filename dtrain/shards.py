@@ -522,6 +522,27 @@ class ShardedDataset(Dataset):
                 "shards": [[s.path.name, s.size, s.rows, s.digest] for s in self.shards]}
 
 
+class ShardedView(Dataset):
+    """A recipe's view of a ShardedDataset (`self.rows`): it decodes each row its own way in __getitem__
+    and forwards what the Trainer asks of sharded data: the length, the `fingerprint` recorded in every
+    checkpoint (a resume on changed data is refused) and the shuffle's `block_order`."""
+
+    rows: ShardedDataset
+
+    def __init__(self, rows: ShardedDataset):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.rows.fingerprint()
+
+    @property
+    def block_order(self) -> int:
+        return self.rows.block_order
+
+
 def _index_in_turns(files: list[Path], cache: list[Path], columns: list[str] | None, dist) -> None:
     """Rank r indexes shards r, r + world, ... that have no fresh index, then every rank waits for all:
     on a shared cache each byte is read by one rank, not by all of them (10^4 shards of 10^9 rows: ~8 min

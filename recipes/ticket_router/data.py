@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from dtrain.data import stratified_split
+from dtrain.shards import ShardedView
 
 SHIPPED = Path(__file__).parent / "data" / "tickets.csv"
 
@@ -137,26 +138,16 @@ class Encoded(torch.utils.data.Dataset):
         return self.ids[i], self.labels[i]
 
 
-class ShardedTickets(torch.utils.data.Dataset):
+class ShardedTickets(ShardedView):
     """Tickets read from shards (a directory or glob of JSONL, CSV or Parquet: dtrain.shards) one at a time
     and tokenized where they are read: in the DataLoader's workers, not all up front on every rank. A bad
     row stops the run naming its shard and row."""
 
-
     def __init__(self, rows, tokenizer, max_length: int, names: Sequence[str], columns: tuple[str, str]):
-        self.rows, self.tokenizer, self.max_length = rows, tokenizer, max_length
+        super().__init__(rows)
+        self.tokenizer, self.max_length = tokenizer, max_length
         self.index = {name: i for i, name in enumerate(names)}
         self.names, self.columns = list(names), columns
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def fingerprint(self) -> dict:
-        return self.rows.fingerprint()
-
-    @property
-    def block_order(self) -> int:  # the shards' shuffle block: dtrain's sharded order
-        return self.rows.block_order
 
     def __getitem__(self, i: int) -> tuple[list[int], int]:
         shard, row = self.rows.locate(i)

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from dtrain.shards import ShardedDataset, ShardedView, ShardError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -289,17 +291,15 @@ class ImageFolder(_SkipUnreadable, Dataset):
         return decode_image(path, path, self.load_size, self.mode)
 
 
-class TarImages(_SkipUnreadable, Dataset):
+class TarImages(_SkipUnreadable, ShardedView):
     """Tar shards in webdataset's layout (dtrain.shards): each sample a `key.png|jpg` with its class in
     `key.cls` (an integer). Read and decoded one sample at a time, in the loader's workers, to uint8
     (channels, image_size, image_size); the class list comes from the shards' index, without reading the
     images."""
 
     def __init__(self, source: str, image_size: int, channels: int, dist=None):
-        from dtrain.shards import ShardedDataset, ShardError
-
         try:
-            self.rows = ShardedDataset(source, dist=dist)  # with dist (in the ranks): indexed in turns
+            super().__init__(ShardedDataset(source, dist=dist))  # with dist (in the ranks): indexed in turns
         except ShardError as exc:
             raise ImageDataError(f"task.root: {exc}") from None
         if any(s.kind != "tar" for s in self.rows.shards):
@@ -317,16 +317,6 @@ class TarImages(_SkipUnreadable, Dataset):
             raise ImageDataError(f"task.root: {source} needs at least 2 classes, found {present}")
         self.load_size, self.mode = image_size, "L" if channels == 1 else "RGB"
         self.warned: set = set()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def fingerprint(self) -> dict:
-        return self.rows.fingerprint()
-
-    @property
-    def block_order(self) -> int:  # the shards' shuffle block: dtrain's sharded order
-        return self.rows.block_order
 
     def _decode(self, i: int) -> torch.Tensor:
         sample = self.rows[i]

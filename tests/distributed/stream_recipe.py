@@ -15,7 +15,7 @@ from torch import nn
 
 from dtrain.data import sample_rng
 from dtrain.recipe import BuildContext, Task
-from dtrain.shards import ShardedDataset
+from dtrain.shards import ShardedDataset, ShardedView
 from recipes.mlp import Config as MlpConfig
 
 
@@ -25,22 +25,8 @@ class Config(MlpConfig):
     tag: str = "run"
 
 
-class Drawn(torch.utils.data.Dataset):
+class Drawn(ShardedView):
     """Rows {"id", "x", "y"}; a training fetch adds noise and a 31-bit draw, both from the sample's seed."""
-
-
-    def __init__(self, rows: ShardedDataset):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def fingerprint(self):
-        return self.rows.fingerprint()
-
-    @property
-    def block_order(self) -> int:  # the shards' shuffle block: dtrain's sharded order
-        return self.rows.block_order
 
     def __getitem__(self, i: int):
         row = self.rows[i]
