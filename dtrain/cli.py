@@ -81,6 +81,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from dtrain.redact import redact_overrides
 
     cfg = _load(args.config, args.overrides)  # every config error surfaces here, before any process starts
+    if args.replica_groups:
+        return _launch_replica_groups(args, cfg)
     nproc = resolve_nproc(args.nproc_per_node)
     import torch
 
@@ -103,6 +105,24 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return run_torchrun(argv[3:], cfg.output_dir)
+
+
+def _launch_replica_groups(args: argparse.Namespace, cfg) -> int:
+    from dtrain.launch import run_replica_groups
+    from dtrain.preflight import PreflightError
+
+    if args.replica_groups < 1:
+        raise PreflightError(f"--replica-groups must be >= 1, got {args.replica_groups}")
+    groups = args.replica_groups
+    overrides = [*args.overrides, f"ft.replica_groups={groups}"]
+    cfg = _load(args.config, [*overrides, "ft.enabled=true"])  # what the groups will run, checked here once
+    _preflight(cfg)
+    if args.dry_run:
+        return 0
+    ft = cfg.ft
+    return run_replica_groups(args.config, overrides, groups, cfg.output_dir, min_replicas=ft.min_replicas,
+                              heartbeat_timeout_ms=ft.heartbeat_timeout_ms, join_timeout_s=ft.join_timeout_s,
+                              max_restarts=ft.max_restarts, quorum_retries=ft.quorum_retries)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -283,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the rendezvous (multi-node)")
     la.add_argument("--rdzv-id", default=os.environ.get("SLURM_JOB_ID", "dtrain"), help="job id shared by all nodes")
     la.add_argument("--max-restarts", type=int, default=0, help="times torchrun restarts a failed group")
+    la.add_argument("--replica-groups", type=int, default=0, metavar="R",
+                    help="fault tolerance (torchft): R replica groups of one process; a lost one is restarted and "
+                         "heals from a live one while the others go on (docs/fault-tolerance.md)")
     la.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
     la.add_argument("config")
     la.add_argument("overrides", nargs="*")

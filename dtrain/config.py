@@ -311,6 +311,9 @@ class FaultInjectionConfig:
     """Optimizer steps whose loss is made NaN on rank `nan_rank`."""
     nan_rank: int = 0
     """The rank whose loss is made NaN at `nan_loss_at_steps`."""
+    kill_in_reduce_at_step: int | None = None
+    """With ft: replica group `kill_rank` is SIGKILLed at this step while the other groups are inside the
+    gradient reduction, waiting for its part (once: not after the launcher restarts it)."""
     disk_full_at_step: int | None = None
     """The checkpoint of this step fails part-way with ENOSPC, as on a full disk."""
     hold_at: str | None = None
@@ -321,6 +324,47 @@ class FaultInjectionConfig:
     """The rank that pauses at `hold_at`."""
     hold_s: float = 3.0
     """Seconds the pause at `hold_at` lasts."""
+
+
+@dataclass(kw_only=True)
+class FtConfig:
+    """Fault tolerance without restart (torchft; `pip install 'dtrain[ft]'`): replica groups that train the
+    same model, a lost one costing the others at most one step, a restarted one healed from a live peer.
+    Started by `dtrain launch --replica-groups R` (docs/fault-tolerance.md)."""
+
+    enabled: bool = False
+    """Train as one replica group of a fault-tolerant job (set by `dtrain launch --replica-groups`)."""
+    replica_groups: int = 2
+    """Groups the job runs with; the schedule's length and the nominal global batch are counted for them."""
+    min_replicas: int = 1
+    """Fewest live groups a step commits with; below it the survivors wait (for a restarted group)."""
+    heartbeat_timeout_ms: int = 1000
+    """A group silent this long is out of the next quorum: what a dead group costs the others (a stall)."""
+    join_timeout_s: float = 60.0
+    """At the start, how long the Lighthouse waits for every group before a quorum of fewer."""
+    timeout_s: float = 10.0
+    """A collective or a transfer between groups that takes longer is a fault: the step is discarded."""
+    quorum_timeout_s: float = 60.0
+    """How long a group waits for a quorum (longer than a restart takes, or a lone survivor gives up)."""
+    quorum_retries: int = 3
+    """Quorum requests retried before a group gives up (a restarted Lighthouse is found again)."""
+    max_restarts: int = 3
+    """Times the launcher restarts each group that died."""
+    record_steps: bool = False
+    """Write <output_dir>/replica_<g>/ft_steps.jsonl: every step's quorum, samples and a digest of the weights
+    after it (what the proofs compare; costs a pass over the weights a step)."""
+
+    def check(self) -> list[str]:
+        bad = []
+        if self.replica_groups < 1:
+            bad.append(f"ft.replica_groups: must be at least 1, got {self.replica_groups}")
+        if not 1 <= self.min_replicas <= max(self.replica_groups, 1):
+            bad.append(f"ft.min_replicas: must be between 1 and ft.replica_groups ({self.replica_groups}), "
+                       f"got {self.min_replicas}")
+        for key in ("heartbeat_timeout_ms", "join_timeout_s", "timeout_s", "quorum_timeout_s"):
+            if getattr(self, key) <= 0:
+                bad.append(f"ft.{key}: must be positive, got {getattr(self, key)}")
+        return bad
 
 
 @dataclass(kw_only=True)
@@ -354,6 +398,8 @@ class RunConfig:
     """Settings read only with strategy: fsdp."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """Settings read only with strategy: deepspeed."""
+    ft: FtConfig = field(default_factory=FtConfig)
+    """Fault tolerance across replica groups (torchft): off unless `dtrain launch --replica-groups R`."""
     fault_injection: FaultInjectionConfig = field(default_factory=FaultInjectionConfig)
     """Failures on purpose, for the tests and benchmarks/chaos.py."""
     task: Any = None
@@ -361,10 +407,26 @@ class RunConfig:
 
     def check(self) -> list[str]:
         bad = []
-        for part in (self.train, self.optim, self.checkpoint, self.early_stopping, self.dist, self.profile, self.task):
+        for part in (self.train, self.optim, self.checkpoint, self.early_stopping, self.dist, self.profile, self.ft,
+                     self.task):
             if hasattr(part, "check"):
                 bad += part.check()
-        return bad + self._check_strategy()
+        return bad + self._check_strategy() + self._check_ft()
+
+    def _check_ft(self) -> list[str]:
+        """What a replica group does not do yet, refused in one line each (docs/fault-tolerance.md)."""
+        if not self.ft.enabled:
+            return []
+        bad = []
+        if self.strategy != "ddp":
+            bad.append(f"strategy: {self.strategy} inside a replica group (HSDP) is not supported with ft yet; "
+                       "use strategy=ddp (one rank per group)")
+        if self.checkpoint_format != "torch":
+            bad.append("checkpoint.format: a replica group writes the torch format; set checkpoint.format=torch "
+                       "and checkpoint.async=false")
+        if self.early_stopping.metric:
+            bad.append("early_stopping.metric: not available with ft yet; unset it")
+        return bad
 
     def _check_strategy(self) -> list[str]:
         """Combinations dtrain does not support are refused here, in one line, rather than half-run."""

@@ -260,6 +260,24 @@ def mean_over_ranks_(t: torch.Tensor, group=None, async_op: bool = False):
     return work.get_future().then(lambda f: f.value()[0]) if async_op else t
 
 
+def mean_over_replicas_(tensors: list[torch.Tensor], manager) -> None:
+    """In place: gradients averaged over the live replica groups of a fault-tolerant job (a torchft
+    Manager), as `mean_over_ranks_` does over ranks: divided by the quorum's size, then summed, in one
+    flat buffer. A peer lost during the reduction is not raised here: the Manager records it and the step
+    is then not committed anywhere (`should_commit`), which is what lets the survivors carry on."""
+    from torch.distributed import ReduceOp
+
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    flat.div_(max(manager.num_participants(), 1))
+    manager.allreduce(flat, reduce_op=ReduceOp.SUM).wait()  # errors: recorded by the Manager, not raised
+    at = 0
+    for t in tensors:
+        t.copy_(flat[at:at + t.numel()].view_as(t))
+        at += t.numel()
+
+
 def barrier(state: DistState) -> None:
     if has_group():
         # device_ids: NCCL otherwise guesses the device from the rank, and warns.

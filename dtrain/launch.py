@@ -181,3 +181,95 @@ def _newest_checkpoint(run_dir: Path) -> str | None:
         return (run_dir / "checkpoints" / "latest").read_text().strip() or None
     except OSError:
         return None
+
+
+def run_replica_groups(config: str, overrides: list[str], groups: int, output_dir: str | Path, *,
+                       min_replicas: int, heartbeat_timeout_ms: int, join_timeout_s: float, max_restarts: int,
+                       quorum_retries: int) -> int:
+    """A fault-tolerant job on this node: one torchft Lighthouse (in this process, alive as long as the job)
+    and `groups` replica groups (`dtrain run` processes with ft.enabled), each restarted when it dies, up to
+    `max_restarts` times, resuming from its peers (or, if none is left, from the newest checkpoint).
+
+    Exit: 0 when every group finished; 2 for bad input (a group exiting 2 stops the job: a restart would
+    fail the same way); 130 / 75 after a stop on request; otherwise the code of the group that failed last."""
+    import subprocess
+
+    from dtrain.ft import GROUP_ENV, LIGHTHOUSE_ENV, require_torchft
+
+    require_torchft()
+    os.environ.setdefault("RUST_LOG", "warn")  # torchft's Rust side logs every quorum and commit at info
+    from torchft._torchft import LighthouseServer
+
+    lighthouse = LighthouseServer(bind="[::]:0", min_replicas=min_replicas,
+                                  join_timeout_ms=int(join_timeout_s * 1000), heartbeat_timeout_ms=heartbeat_timeout_ms)
+    run_dir = Path(output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = {**os.environ, LIGHTHOUSE_ENV: lighthouse.address(), "TORCHFT_QUORUM_RETRIES": str(quorum_retries)}
+    ready = run_dir / ".ft_ready"  # the groups' start barrier (dtrain.ft): this job's, not a previous one's
+    if ready.is_dir():
+        for f in ready.iterdir():
+            f.unlink()
+    argv = [sys.executable, "-m", "dtrain.cli", "run", config, *overrides, "ft.enabled=true",
+            f"ft.replica_groups={groups}"]
+
+    def start(g: int, attempt: int):
+        extra = ["checkpoint.resume=auto"] if attempt else []  # a restart continues; never a fresh start
+        env = {**base, GROUP_ENV: str(g), "TORCHELASTIC_RESTART_COUNT": str(attempt)}
+        return subprocess.Popen(argv + extra, env=env)
+
+    print(f"[dtrain] fault-tolerant job: {groups} replica group(s), Lighthouse at {lighthouse.address()}, "
+          f"heartbeat timeout {heartbeat_timeout_ms} ms, up to {max_restarts} restart(s) per group", flush=True)
+    procs = {g: start(g, 0) for g in range(groups)}
+    restarts = dict.fromkeys(procs, 0)
+    codes: dict[int, int] = {}
+    stop: list[signal.Signals] = []
+
+    def forward(signum, frame):
+        stop.append(signal.Signals(signum))
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while procs:
+            time.sleep(0.1)
+            for g, p in list(procs.items()):
+                code = p.poll()
+                if code is None:
+                    continue
+                del procs[g]
+                if code == 2 or code == 0 or stop or code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+                    codes[g] = code
+                    if code == 2:
+                        forward(signal.SIGTERM, None)
+                    continue
+                if restarts[g] < max_restarts:
+                    restarts[g] += 1
+                    how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    print(f"[dtrain] replica group {g} {how}; restart {restarts[g]} of {max_restarts} (it heals "
+                          "from a live group)", file=sys.stderr, flush=True)
+                    procs[g] = start(g, restarts[g])
+                else:
+                    codes[g] = code
+                    print(f"[dtrain] replica group {g} failed (code {code}) and has no restarts left; the other "
+                          "groups go on without it", file=sys.stderr, flush=True)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        lighthouse.shutdown()
+    if all(c == 0 for c in codes.values()):
+        print(f"[dtrain] every replica group finished ({sum(restarts.values())} restart(s))", flush=True)
+        return 0
+    if 2 in codes.values():
+        return 2
+    stopped = [c for c in codes.values() if c in (EXIT_PREEMPTED, EXIT_INTERRUPTED)]
+    if stopped and stop:
+        return stopped[0]
+    failed = [c for c in codes.values() if c != 0]
+    if len(failed) < len(codes):  # some group finished the job: the run is complete
+        print(f"dtrain: the job finished, but replica group(s) {[g for g, c in codes.items() if c]} failed "
+              "for good along the way", file=sys.stderr, flush=True)
+        return 0
+    code = failed[-1]
+    return code if 0 < code < 256 else 1

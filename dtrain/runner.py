@@ -4,6 +4,7 @@ a notebook: join the group (under torchrun or srun), build the task, run the Tra
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,7 +63,7 @@ def _run(cfg: RunConfig, task: Task | TaskSource | None, keep_model: bool) -> Fi
     with distributed(cfg.dist.device, cfg.dist.timeout_s) as ds:
         # Rank 0 holds the run directory before anything is written into it (the recipe's build may
         # write already): a second job on the same output_dir stops here, the first one untouched.
-        with hold(cfg.output_dir) if ds.is_main else contextlib.nullcontext():
+        with hold(_own_dir(cfg)) if ds.is_main else contextlib.nullcontext():
             trainer = build_trainer(cfg, ds, task)
             metrics = trainer.fit()
             model = trainer.model if keep_model else None
@@ -70,6 +71,15 @@ def _run(cfg: RunConfig, task: Task | TaskSource | None, keep_model: bool) -> Fi
             # while the process group still exists: freed after it, gloo's teardown can hang the process.
             del trainer
     return FitResult(model, metrics, Path(cfg.output_dir))
+
+
+def _own_dir(cfg: RunConfig) -> str | Path:
+    """The directory this process's job holds: a replica group of a fault-tolerant job holds its own."""
+    if cfg.ft.enabled:
+        from dtrain.ft import GROUP_ENV, group_run_dir
+
+        return group_run_dir(cfg.output_dir, int(os.environ.get(GROUP_ENV, "0")))
+    return cfg.output_dir
 
 
 def build_trainer(cfg: RunConfig, ds: DistState, task: Task | TaskSource | None = None) -> Trainer:
@@ -90,4 +100,8 @@ def build_trainer(cfg: RunConfig, ds: DistState, task: Task | TaskSource | None 
         raise RecipeError(f"{source} returned {type(built).__name__}, not a Task; return "
                           "Task(model=..., train_data=..., loss_fn=...) (from dtrain.recipe)")
     seed_everything(cfg.seed + ds.rank)
+    if cfg.ft.enabled:  # a replica group of a fault-tolerant job
+        from dtrain.ft import FaultTolerantTrainer
+
+        return FaultTolerantTrainer(cfg, ds, built)
     return Trainer(cfg, ds, built)
