@@ -122,7 +122,8 @@ def _launch_replica_groups(args: argparse.Namespace, cfg) -> int:
     ft = cfg.ft
     return run_replica_groups(args.config, overrides, groups, cfg.output_dir, min_replicas=ft.min_replicas,
                               heartbeat_timeout_ms=ft.heartbeat_timeout_ms, join_timeout_s=ft.join_timeout_s,
-                              max_restarts=ft.max_restarts, quorum_retries=ft.quorum_retries)
+                              max_restarts=ft.max_restarts, quorum_retries=ft.quorum_retries,
+                              finish_grace_s=ft.finish_grace_s)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

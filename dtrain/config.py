@@ -350,6 +350,9 @@ class FtConfig:
     """Quorum requests retried before a group gives up (a restarted Lighthouse is found again)."""
     max_restarts: int = 3
     """Times the launcher restarts each group that died."""
+    finish_grace_s: float = 30.0
+    """Once a group has finished the job, how long the launcher waits for the others (a hung one) before
+    killing them."""
     record_steps: bool = False
     """Write <output_dir>/replica_<g>/ft_steps.jsonl: every step's quorum, samples and a digest of the weights
     after it (what the proofs compare; costs a pass over the weights a step)."""

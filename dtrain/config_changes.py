@@ -21,6 +21,9 @@ from dtrain.redact import redact
 FREE_TO_CHANGE = (
     "output_dir", "checkpoint.", "logging.", "profile.", "fault_injection.", "dist.timeout_s",
     "dist.watchdog_timeout_s", "train.log_every", "train.sanity_eval_batches",
+    # How faults are detected and survived; ft.enabled and ft.replica_groups decide the batches: recorded.
+    "ft.min_replicas", "ft.heartbeat_timeout_ms", "ft.join_timeout_s", "ft.timeout_s", "ft.quorum_timeout_s",
+    "ft.quorum_retries", "ft.max_restarts", "ft.finish_grace_s", "ft.record_steps",
 )
 
 

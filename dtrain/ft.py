@@ -36,7 +36,7 @@ from dtrain.config import RunConfig
 from dtrain.data import BLOCK_ORDER_ABOVE, SeededSamples, TrainSampler, accumulation_windows, batch_len, \
     micro_batch_sizes, move_to
 from dtrain.dist import DistState, mean_over_replicas_
-from dtrain.fault_injection import first_attempt
+from dtrain.fault_injection import FaultInjected, first_attempt
 from dtrain.preemption import Preempted
 from dtrain.recipe import Task
 from dtrain.trainer import Trainer
@@ -246,6 +246,8 @@ class FaultTolerantTrainer(Trainer):
             os.kill(os.getpid(), signal.SIGKILL)
         if fi.step_sleep_s:
             time.sleep(fi.step_sleep_s)
+        if fi.crash_after_step == self.step:
+            raise FaultInjected(f"fault injection: crash after step {self.step}")
 
     def _stop_now(self) -> None:
         """A stop on request (SIGTERM, Ctrl-C): the quorum's first member saves; every group then stops."""

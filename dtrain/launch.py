@@ -185,7 +185,7 @@ def _newest_checkpoint(run_dir: Path) -> str | None:
 
 def run_replica_groups(config: str, overrides: list[str], groups: int, output_dir: str | Path, *,
                        min_replicas: int, heartbeat_timeout_ms: int, join_timeout_s: float, max_restarts: int,
-                       quorum_retries: int) -> int:
+                       quorum_retries: int, finish_grace_s: float = 30.0) -> int:
     """A fault-tolerant job on this node: one torchft Lighthouse (in this process, alive as long as the job)
     and `groups` replica groups (`dtrain run` processes with ft.enabled), each restarted when it dies, up to
     `max_restarts` times, resuming from its peers (or, if none is left, from the newest checkpoint).
@@ -231,15 +231,26 @@ def run_replica_groups(config: str, overrides: list[str], groups: int, output_di
                 p.send_signal(signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    finished_at = None  # when the first group finished the job: the others have a grace period, then go
     try:
         while procs:
             time.sleep(0.1)
+            if finished_at is not None and time.monotonic() - finished_at > finish_grace_s:
+                for g, p in procs.items():  # hung (SIGSTOP, a dead device): the job is done without it
+                    print(f"[dtrain] replica group {g} has not finished {finish_grace_s:.0f} s after the job did; "
+                          "killed", file=sys.stderr, flush=True)
+                    p.kill()
+                    p.wait()
+                    codes[g] = -9
+                break
             for g, p in list(procs.items()):
                 code = p.poll()
                 if code is None:
                     continue
                 del procs[g]
-                if code == 2 or code == 0 or stop or code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
+                if code == 0 and finished_at is None:
+                    finished_at = time.monotonic()
+                if code == 2 or code == 0 or stop or finished_at is not None or code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
                     codes[g] = code
                     if code == 2:
                         forward(signal.SIGTERM, None)
