@@ -108,7 +108,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _launch_replica_groups(args: argparse.Namespace, cfg) -> int:
-    from dtrain.launch import run_replica_groups
+    from dtrain.ft_launch import run_replica_groups
     from dtrain.preflight import PreflightError
 
     if args.replica_groups < 1:
@@ -119,11 +119,11 @@ def _launch_replica_groups(args: argparse.Namespace, cfg) -> int:
     _preflight(cfg)
     if args.dry_run:
         return 0
-    ft = cfg.ft
-    return run_replica_groups(args.config, overrides, groups, cfg.output_dir, min_replicas=ft.min_replicas,
-                              heartbeat_timeout_ms=ft.heartbeat_timeout_ms, join_timeout_s=ft.join_timeout_s,
-                              max_restarts=ft.max_restarts, quorum_retries=ft.quorum_retries,
-                              finish_grace_s=ft.finish_grace_s)
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise PreflightError("--replica-groups over --nnodes > 1 needs --rdzv-endpoint HOST:PORT: where node rank 0 "
+                             "runs the Lighthouse, reachable from every node")
+    return run_replica_groups(args.config, overrides, cfg.ft, cfg.output_dir, nnodes=args.nnodes,
+                              node_rank=args.node_rank, endpoint=args.rdzv_endpoint)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -305,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--rdzv-id", default=os.environ.get("SLURM_JOB_ID", "dtrain"), help="job id shared by all nodes")
     la.add_argument("--max-restarts", type=int, default=0, help="times torchrun restarts a failed group")
     la.add_argument("--replica-groups", type=int, default=0, metavar="R",
-                    help="fault tolerance (torchft): R replica groups of one process; a lost one is restarted and "
-                         "heals from a live one while the others go on (docs/fault-tolerance.md)")
+                    help="fault tolerance (torchft): R replica groups of one process (one GPU each); a lost one is "
+                         "restarted and heals from a live one while the others go on. With --nnodes N: this node "
+                         "runs groups node-rank, node-rank+N, ...; node rank 0 runs the Lighthouse at "
+                         "--rdzv-endpoint (docs/fault-tolerance.md)")
     la.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
     la.add_argument("config")
     la.add_argument("overrides", nargs="*")

@@ -37,13 +37,15 @@ from dtrain.data import BLOCK_ORDER_ABOVE, SeededSamples, TrainSampler, accumula
     micro_batch_sizes, move_to
 from dtrain.dist import DistState, mean_over_replicas_
 from dtrain.fault_injection import FaultInjected, first_attempt
-from dtrain.preemption import Preempted
+from dtrain.preemption import DONE_FILE, MARKER, Preempted
 from dtrain.recipe import Task
 from dtrain.trainer import Trainer
 
 GROUP_ENV = "DTRAIN_REPLICA_GROUP"
 """The replica group a process belongs to (0..R-1), set by the launcher: stable across restarts."""
 LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
+JOB_ENV = "DTRAIN_FT_JOB"
+"""Names this start of the job (the launcher's): the groups' start barrier is its own, not an earlier one's."""
 
 
 class FtUnavailable(RuntimeError):
@@ -111,6 +113,7 @@ class FaultTolerantTrainer(Trainer):
     def fit(self) -> dict[str, float]:
         for sig in (signal.SIGTERM, signal.SIGINT):  # stop at the next step boundary, as the Trainer does
             signal.signal(sig, lambda s, f: setattr(self, "_stop", signal.Signals(s)))
+        (self.run_dir / "pid").write_text(f"{os.getpid()}\n")  # which process is this group (for chaos tests)
         try:
             self._start()  # the newest checkpoint on disk, before the first quorum: losing every group loses no more
             self.manager = self._make_manager()
@@ -122,7 +125,7 @@ class FaultTolerantTrainer(Trainer):
                 committed, window = self._ft_step()
                 if committed:
                     self._after_ft_step(window)
-                if self._stop is not None:
+                if self._stop is not None or (self.shared_dir / MARKER).exists():
                     self._stop_now()
             self.logger.info(f"done: {self.step} steps, {self.epoch} epochs, {self.discarded} step(s) discarded "
                              f"by faults, output in {self.run_dir}")
@@ -251,9 +254,12 @@ class FaultTolerantTrainer(Trainer):
 
     def _stop_now(self) -> None:
         """A stop on request (SIGTERM, Ctrl-C): the quorum's first member saves; every group then stops."""
-        if self.quorum[1] == 0 and self.last_saved_step != self.step:
-            self.save_checkpoint()
-        raise Preempted(f"stopped at step {self.step} on {self._stop.name}; run the same command to continue",
+        if self.quorum[1] == 0:
+            if self.last_saved_step != self.step:
+                self.save_checkpoint()
+            (self.shared_dir / DONE_FILE).write_text(f"{self.step}\n")  # a Slurm batch script requeues on it
+        why = self._stop.name if self._stop else "a stop request"
+        raise Preempted(f"stopped at step {self.step} on {why}; run the same command to continue",
                         interrupted=self._stop == signal.SIGINT)
 
     # ================================================================== state shared with a healing peer
@@ -285,7 +291,7 @@ class FaultTolerantTrainer(Trainer):
         """At the job's start, every group's Manager is up before the first quorum (or ft.join_timeout_s has
         passed): the Lighthouse forms a quorum of the groups it hears from, and a group still importing
         torch would otherwise join a step or two late, by healing."""
-        ready = self.shared_dir / ".ft_ready"
+        ready = self.shared_dir / ".ft_ready" / os.environ.get(JOB_ENV, "job").replace("/", "_").replace(":", "_")
         ready.mkdir(parents=True, exist_ok=True)
         (ready / str(self.group)).write_text(f"{os.getpid()}\n")
         deadline = time.monotonic() + self.cfg.ft.join_timeout_s

@@ -133,7 +133,7 @@ def test_a_hung_group_is_left_behind_and_the_job_finishes(tmp_path):
     def hang(out: Path, proc) -> None:
         while len(records(out, 1)) < 6 and proc.poll() is None:
             time.sleep(0.05)
-        pid = int((out / ".ft_ready" / "1").read_text())
+        pid = int((out / "replica_1" / "pid").read_text())
         stopped["step"] = records(out, 1)[-1]["step"]
         os.kill(pid, signal.SIGSTOP)
 
@@ -159,3 +159,25 @@ def test_every_group_lost_resumes_from_disk_exactly(tmp_path, ddp_reference):
     assert_bitwise_equal(load_pt(final_checkpoint(out) / "model.pt"), load_pt(final_checkpoint(ddp_reference) / "model.pt"))
     resumed = [r for r in records(out, 0) if r["committed"]]
     assert [r["step"] for r in resumed][15:16] == [11]  # 15 steps, then the rerun from step 10
+
+
+@pytest.mark.slow
+def test_the_lighthouse_restarted_mid_run_costs_a_stall_not_the_job(tmp_path):
+    out = tmp_path / "ft"
+    struck = {}
+
+    def kill_lighthouse(out: Path, proc) -> None:
+        while len(records(out, 0)) < 6 and proc.poll() is None:
+            time.sleep(0.05)
+        struck["step"] = records(out, 0)[-1]["step"]
+        os.kill(int((out / ".ft_lighthouse").read_text()), signal.SIGKILL)
+
+    proc = ft_launch(2, out, "fault_injection.step_sleep_s=0.2", until=kill_lighthouse)
+    assert "the Lighthouse exited" in proc.stderr and "every replica group finished (0 restart(s))" in proc.stdout
+    steps = committed(out, 2)
+    assert steps[0].keys() == steps[1].keys()
+    assert all(steps[0][s]["digest"] == steps[1][s]["digest"] for s in steps[0])
+    worst = max(r["seconds"] for r in records(out, 0) if r["step"] > struck["step"])
+    lost = [r["step"] for g in range(2) for r in records(out, g) if not r["committed"]]
+    print(f"Lighthouse killed after step {struck['step']}: longest step after it {worst:.2f} s, discarded {lost}")
+    assert_every_sample_once(out, 2, epochs=2)
