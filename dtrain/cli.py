@@ -218,6 +218,8 @@ def cmd_slurm_submit(args: argparse.Namespace) -> int:
     if problems:
         raise UsageError("; ".join(problems))
     cfg = _load(args.config, args.overrides)  # config errors surface before anything is queued
+    if job.replica_groups:  # what the groups will run: checked here, before anything is queued
+        cfg = _load(args.config, [*args.overrides, "ft.enabled=true", f"ft.replica_groups={job.replica_groups}"])
     if not args.dry_run:
         _preflight(cfg)
     job.run_dir = Path(cfg.output_dir)
@@ -352,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torchrun (default): one task per node runs torchrun; srun: one task per process")
     sb.add_argument("--signal-lead", dest="signal_lead_s", default=90, help="seconds before the time limit to checkpoint")
     sb.add_argument("--max-requeues", default=3, help="requeues after a checkpointed stop, at most")
+    sb.add_argument("--replica-groups", default=0, help="fault tolerance (torchft): R replica groups over the "
+                    "nodes, a lost one healed without a restart (docs/fault-tolerance.md); 0: off")
     sb.add_argument("--dry-run", action="store_true", help="print the script; submit nothing")
     sb.add_argument("config")
     sb.add_argument("overrides", nargs="*")

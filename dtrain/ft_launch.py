@@ -21,6 +21,10 @@ from dtrain.ft import FtUnavailable
 from dtrain.launch import EXIT_INTERRUPTED
 from dtrain.preemption import ATTEMPT_ENV, DONE_FILE, EXIT_PREEMPTED, MARKER
 
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "SLURM_PROCID", "SLURM_STEP_ID", "SLURM_LOCALID")
+"""What dtrain.dist reads to place a process among ranks (dtrain.dist.read_env)."""
+
 LIGHTHOUSE_PID = ".ft_lighthouse"
 """<output_dir>/.ft_lighthouse: the Lighthouse's pid (what a chaos test strikes)."""
 
@@ -125,7 +129,10 @@ def run_replica_groups(config: str, overrides: list[str], ft: FtConfig, output_d
     devices = _devices()
     # The groups' start barrier (dtrain.ft) is per job: the Slurm job and attempt, or this Lighthouse.
     job = f"{os.environ.get('SLURM_JOB_ID', 'local')}-{os.environ.get('SLURM_RESTART_COUNT', '0')}-{host}-{port}"
-    base = {**os.environ, LIGHTHOUSE_ENV: f"http://{host}:{port}", JOB_ENV: job,
+    # A group is a process of its own, never a rank of the srun step or torchrun job that started this
+    # launcher: without these, dtrain.dist would join the groups into one process group over the nodes.
+    inherited = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    base = {**inherited, LIGHTHOUSE_ENV: f"http://{host}:{port}", JOB_ENV: job,
             "TORCHFT_QUORUM_RETRIES": str(ft.quorum_retries)}
     base.setdefault("RUST_LOG", "warn")
     argv = [sys.executable, "-m", "dtrain.cli", "run", config, *overrides, "ft.enabled=true",

@@ -80,9 +80,11 @@ class SlurmJob:
     """'torchrun' (one srun task per node runs torchrun) or 'srun' (one srun task per process)."""
     signal_lead_s: int = 90
     max_requeues: int = 3
+    replica_groups: int = 0
+    """Fault tolerance: R replica groups over the nodes (slurm/replica_groups.sbatch); 0: off."""
 
     COUNTS: ClassVar[dict[str, int]] = {"nodes": 1, "gpus_per_node": 0, "procs_per_node": 1, "cpus_per_task": 1,
-                                        "signal_lead_s": 0, "max_requeues": 0}
+                                        "signal_lead_s": 0, "max_requeues": 0, "replica_groups": 0}
     """The whole-number fields, each with its least allowed value."""
 
     def check(self) -> list[str]:
@@ -122,6 +124,8 @@ def whole_numbers(values: Mapping[str, object]) -> tuple[dict[str, int | None], 
 
 def template_for(job: SlurmJob) -> str:
     """The template's file name in slurm/."""
+    if job.replica_groups:
+        return "replica_groups.sbatch"
     if job.launcher == "srun":
         return "srun_tasks.sbatch"
     return "one_node.sbatch" if job.nodes == 1 else "multi_node.sbatch"
@@ -140,6 +144,8 @@ def render(job: SlurmJob, python: str = sys.executable, workdir: Path | None = N
     if problems:
         raise ValueError("; ".join(problems))
     procs = job.procs_per_node or max(job.gpus_per_node, 1)
+    if job.replica_groups:  # the groups a node runs, one process each
+        procs = -(-job.replica_groups // job.nodes)
     # torchrun's workers share its task's CPUs; an srun task per process gets its own.
     cpus = job.cpus_per_task or (max(procs * 2, 1) if job.launcher == "torchrun" else 2)
     extra = []
@@ -155,6 +161,7 @@ def render(job: SlurmJob, python: str = sys.executable, workdir: Path | None = N
         "job_name": job.job_name,
         "nodes": str(job.nodes),
         "procs_per_node": str(procs),
+        "replica_groups": str(job.replica_groups),
         "cpus_per_task": str(cpus),
         "time": job.time,
         "run_dir": q(str(run_dir)),

@@ -157,3 +157,38 @@ def _pid_in(path: str) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+@pytest.mark.slow
+def test_replica_groups_over_two_nodes_survive_a_lost_group_without_a_restart(two_nodes, tmp_path):
+    """slurm/replica_groups.sbatch over n1 and n2, one replica group each (issue 25): the group on n2 is
+    SIGKILLed mid-run; its node's launcher restarts it and it heals from n1's group while n1's goes on. The
+    job completes in its first attempt (no requeue, no restart of n1's group), n1's group discarded at most
+    one step, and the healed group matches it bit for bit at every later step."""
+    pytest.importorskip("torchft")
+    from tests.distributed.test_replica_groups import assert_every_sample_once, committed, records
+
+    run_dir = tmp_path / "ft"
+    job = submit(MLP, f"output_dir={run_dir}", "task.num_train=512", "train.epochs=2", "train.batch_size=16",
+                 "train.log_every=8", "train.sanity_eval_batches=0", "fault_injection.step_sleep_s=0.3",
+                 "ft.record_steps=true", "ft.heartbeat_timeout_ms=1000", "ft.timeout_s=5",
+                 spec=["--nodes=2", "--replica-groups=2"], launcher="torchrun")
+    try:
+        wait_for(lambda: len(records(run_dir, 1)) >= 6, 180, "6 steps of the group on n2")
+        pid = int((run_dir / "replica_1" / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)  # the group's process on n2 (several slurmd share this host)
+        state = wait_done(job)
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    text = logs(run_dir, job)
+    assert state == "COMPLETED", f"job {job} ended {state}:\n{text}"
+    assert "restart 0" in text and "restart 1," not in text.replace("restart 1 of", ""), text  # one attempt
+    assert "replica group 1 killed by signal 9; restart 1 of 3" in text, text
+    assert "every replica group finished" in text, text
+    lost = [r["step"] for r in records(run_dir, 0) if not r["committed"]]
+    assert len(lost) <= 1, lost
+    steps = committed(run_dir, 2)
+    struck = max(s for s in steps[1] if s <= 6)
+    after = [s for s in steps[1] if s > struck + 1]
+    assert after and all(steps[1][s]["digest"] == steps[0][s]["digest"] for s in after)
+    assert_every_sample_once(run_dir, 2, epochs=2)

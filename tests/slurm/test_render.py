@@ -15,6 +15,7 @@ CASES = {
     "one_node": dict(gpus_per_node=8),
     "multi_node": dict(nodes=4, gpus_per_node=8, partition="gpu", account="proj42", qos="high", time="2-00:00:00"),
     "srun_tasks": dict(nodes=2, gpus_per_node=4, launcher="srun", cpus_per_task=8),
+    "replica_groups": dict(nodes=2, gpus_per_node=4, replica_groups=8),
 }
 
 
@@ -50,6 +51,14 @@ def test_srun_tasks_runs_dtrain_directly():
     text = rendered("srun_tasks")
     assert "#SBATCH --ntasks-per-node=4" in text and "torch.distributed.run" not in text
     assert 'srun --kill-on-bad-exit=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" /opt/venv/bin/python -m dtrain.cli run' in text
+
+
+def test_replica_groups_run_one_launcher_per_node_around_one_lighthouse():
+    text = rendered("replica_groups")
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=1" in text
+    assert "#SBATCH --cpus-per-task=8" in text  # 4 groups a node, 2 CPUs each
+    assert "--replica-groups=8" in text and '--node-rank="$SLURM_NODEID"' in text
+    assert '"$HEAD_NODE:$LIGHTHOUSE_PORT"' in text and "--kill-on-bad-exit=0" in text
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
