@@ -3,6 +3,7 @@ would (the same command again, or torchrun's own restart), then checked against 
 
     python benchmarks/chaos.py [--trials 50] [--seed 0] [--kinds ctrl_c,kill9_job,...] [--work DIR]
                                [--out benchmarks/results/chaos_HOST_DATE.md]
+    python benchmarks/chaos.py --ft [--trials 20] ...   (replica groups: benchmarks/ft_chaos.py)
 
 Each trial draws a fault kind (in turn through --kinds), an instant (a phase of a random optimizer step:
 data, forward, backward, optimizer, evaluation, synchronous save, async save in flight, epoch
@@ -424,6 +425,10 @@ def report(trials: list[dict], machine: str, seed: int) -> str:
 
 
 def main() -> int:
+    if "--ft" in sys.argv[1:]:  # replica groups (torchft): their own trials and contract, benchmarks/ft_chaos.py
+        from benchmarks.ft_chaos import main as ft_main
+
+        return ft_main([a for a in sys.argv[1:] if a != "--ft"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)

@@ -113,15 +113,15 @@ def _launch_replica_groups(args: argparse.Namespace, cfg) -> int:
 
     if args.replica_groups < 1:
         raise PreflightError(f"--replica-groups must be >= 1, got {args.replica_groups}")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise PreflightError("--replica-groups over --nnodes > 1 needs --rdzv-endpoint HOST:PORT: where node rank 0 "
+                             "runs the Lighthouse, reachable from every node")
     groups = args.replica_groups
     overrides = [*args.overrides, f"ft.replica_groups={groups}"]
     cfg = _load(args.config, [*overrides, "ft.enabled=true"])  # what the groups will run, checked here once
     _preflight(cfg)
     if args.dry_run:
         return 0
-    if args.nnodes > 1 and not args.rdzv_endpoint:
-        raise PreflightError("--replica-groups over --nnodes > 1 needs --rdzv-endpoint HOST:PORT: where node rank 0 "
-                             "runs the Lighthouse, reachable from every node")
     return run_replica_groups(args.config, overrides, cfg.ft, cfg.output_dir, nnodes=args.nnodes,
                               node_rank=args.node_rank, endpoint=args.rdzv_endpoint)
 

@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import replace
@@ -33,8 +31,7 @@ import torch
 
 from dtrain.checkpoint import CheckpointManager
 from dtrain.config import RunConfig
-from dtrain.data import BLOCK_ORDER_ABOVE, SeededSamples, TrainSampler, accumulation_windows, batch_len, \
-    micro_batch_sizes, move_to
+from dtrain.data import BLOCK_ORDER_ABOVE, SeededSamples, TrainSampler, batch_len, micro_batch_sizes, move_to
 from dtrain.dist import DistState, mean_over_replicas_
 from dtrain.fault_injection import FaultInjected, first_attempt
 from dtrain.preemption import DONE_FILE, MARKER, Preempted
@@ -344,3 +341,38 @@ def _weights_only_transport(timeout_s: float):
                 return _streaming_load(f, weights_only=True)
 
     return WeightsOnly(timeout=timedelta(seconds=timeout_s), num_chunks=0)
+
+
+def read_records(output_dir: str | Path, group: int) -> list[dict]:
+    """A group's ft_steps.jsonl (ft.record_steps): one record per step it computed, in order, over its restarts."""
+    path = group_run_dir(output_dir, group) / "ft_steps.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def audit(output_dir: str | Path, groups: int, num_samples: int, epochs: int) -> list[str]:
+    """The contract checked on a finished run's records (ft.record_steps), as problems in words (none: kept):
+    every sample of every epoch trained exactly once across the groups (the tail rule leaving out fewer
+    than the quorum had members), and every group that committed a step holding the same weights after it
+    (digests equal: a healed group included)."""
+    from collections import Counter, defaultdict
+
+    problems = []
+    seen: dict[int, Counter] = defaultdict(Counter)
+    digests: dict[int, set] = defaultdict(set)
+    for g in range(groups):
+        final = {r["step"]: r for r in read_records(output_dir, g) if r["committed"]}  # the last of a redone step
+        for r in final.values():
+            seen[r["epoch"]].update(r["samples"])
+            digests[r["step"]].add(r["digest"])
+    for e in range(epochs):
+        twice = sorted(i for i, c in seen[e].items() if c > 1)
+        if twice:
+            problems.append(f"epoch {e}: {len(twice)} sample(s) trained more than once, e.g. {twice[:5]}")
+        if not num_samples - groups < len(seen[e]) <= num_samples:
+            problems.append(f"epoch {e}: {len(seen[e])} of {num_samples} samples trained")
+    split = sorted(s for s, d in digests.items() if len(d) > 1)
+    if split:
+        problems.append(f"groups hold different weights after step(s) {split[:5]}")
+    return problems

@@ -17,7 +17,6 @@ the step, whether the step committed), and the proofs read those records:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from dtrain.ft import audit, read_records
 from tests.conftest import ROOT, assert_bitwise_equal, child_env, launch, load_pt, final_checkpoint
 
 pytest.importorskip("torchft", reason="dtrain[ft] is part of the dev install")
@@ -56,8 +56,7 @@ def ft_launch(groups: int, out: Path, *overrides: str, check: bool = True, until
 
 
 def records(out: Path, group: int) -> list[dict]:
-    path = out / f"replica_{group}" / "ft_steps.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_records(out, group)
 
 
 def committed(out: Path, groups: int) -> dict[int, dict[int, dict]]:
@@ -66,16 +65,9 @@ def committed(out: Path, groups: int) -> dict[int, dict[int, dict]]:
 
 
 def assert_every_sample_once(out: Path, groups: int, epochs: int) -> None:
-    steps = committed(out, groups)
-    per_epoch: dict[int, Counter] = {e: Counter() for e in range(epochs)}
-    for g in steps:
-        for r in steps[g].values():
-            per_epoch[r["epoch"]].update(r["samples"])
-    for e, seen in per_epoch.items():
-        twice = [i for i, c in seen.items() if c > 1]
-        assert not twice, f"epoch {e}: samples trained more than once: {twice[:10]}"
-        # the tail rule leaves out fewer samples than there were members at the epoch's last step
-        assert N_TRAIN - groups < len(seen) <= N_TRAIN, f"epoch {e}: {len(seen)} of {N_TRAIN} samples trained"
+    """dtrain.ft.audit: each epoch's samples once across the groups, and equal weights after every step."""
+    problems = audit(out, groups, N_TRAIN, epochs)
+    assert not problems, problems
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +173,22 @@ def test_the_lighthouse_restarted_mid_run_costs_a_stall_not_the_job(tmp_path):
     lost = [r["step"] for g in range(2) for r in records(out, g) if not r["committed"]]
     print(f"Lighthouse killed after step {struck['step']}: longest step after it {worst:.2f} s, discarded {lost}")
     assert_every_sample_once(out, 2, epochs=2)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_checkpoints_stops_75_and_the_same_command_continues(tmp_path):
+    out = tmp_path / "ft"
+
+    def term(out: Path, proc) -> None:
+        while len(records(out, 0)) < 8 and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+
+    first = ft_launch(2, out, "fault_injection.step_sleep_s=0.2", check=False, until=term)
+    assert first.returncode == 75, first.stderr[-3000:]
+    stopped = int((out / "PREEMPTED").read_text())
+    assert final_checkpoint(out).name == f"step_{stopped:08d}" and 8 <= stopped < 32
+    ft_launch(2, out)
+    assert final_checkpoint(out).name == "step_00000032"
+    again = [r["step"] for r in records(out, 0) if r["committed"]]
+    assert again.count(stopped + 1) == 1 and again[-1] == 32  # continued after the stop, nothing redone
