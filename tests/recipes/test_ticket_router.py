@@ -242,9 +242,19 @@ def test_ticket_shards_with_their_own_column_names_train_and_export(tmp_path, ti
     meta = json.loads(dtrain("export", str(out), str(tmp_path / "export")).stdout)
     assert meta["parity"]["tickets"] == 60 and meta["parity"]["agreement"] >= 0.995
 
+    # Neither task.labels nor task.val_path (issue 26): the labels are found by the index pass, sorted, and
+    # a share of the shards' rows, chosen by a hash of (shard, row), validates.
+    found = run(CFG, *[a for a in args if not a.startswith(("task.labels", "task.val_path"))], "train.max_steps=3",
+                "train.eval_every=3", f"output_dir={tmp_path / 'r2'}", "task.val_fraction=0.2")
+    assert "[eval] step=3" in found.stdout
+    record = json.loads((tmp_path / "r2" / "split.json").read_text())
+    assert record["labels"] == sorted(tickets.names) and record["labels_from"] == f"the labels of {shards}"
+    assert record["counts"]["train"] + record["counts"]["val"] == len(train)
+    assert 0.1 * len(train) < record["counts"]["val"] < 0.3 * len(train)
+    meta = json.loads(next((shards / ".dtrain-index").glob("part-0.jsonl.*.json")).read_text())
+    assert meta["distinct"]["category"] == sorted({r["category"] for r in train[:half]})  # kept with the index
+
     # one line each, naming the setting, or the shard and row
-    missing = run(CFG, *[a for a in args if not a.startswith("task.labels")], f"output_dir={tmp_path / 'r2'}", check=False)
-    assert missing.returncode == 2 and f"task.data_path: {shards} is a directory of shards, read lazily, which need task.labels" in missing.stderr
     (shards / "part-2.jsonl").write_text(json.dumps({"body": "hello", "category": "refunds"}) + "\n")
     bad = run(CFG, *args, f"output_dir={tmp_path / 'r3'}", "train.max_steps=80", check=False)
     # found in a DataLoader worker mid-run: exit 1 (the run failed), the worker's message alone

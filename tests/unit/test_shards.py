@@ -180,3 +180,52 @@ def test_an_edit_that_keeps_size_and_rows_changes_the_fingerprint(tmp_path, kind
     # a checkpoint written before the digest (name, size, rows) still resumes on unchanged data
     old = {**before, "shards": [s[:3] for s in before["shards"]]}
     assert describe_data(old, before) == []
+
+
+def test_distinct_values_are_read_once_kept_with_the_index_and_read_again_when_a_shard_changes(tmp_path):
+    d, rows = _write(tmp_path)
+    (d / "c.txt").unlink()  # a .txt shard has only "text"
+    cache = tmp_path / "cache"
+    ds = ShardedDataset(d, cache_dir=cache, columns=["text", "label"])
+    assert ds.distinct("label") == ["l0", "l1", "l2", "l3", "l9"]
+    meta = next(cache.glob("a.jsonl.*.json"))
+    assert json.loads(meta.read_text())["distinct"] == {"label": ["l0", "l1", "l2", "l3"]}
+    meta.write_text(meta.read_text().replace('"l3"', '"cached"'))  # the kept values are what a second reader gets
+    assert "cached" in ShardedDataset(d, cache_dir=cache).distinct("label")
+    with open(d / "a.jsonl", "a") as f:
+        f.write(json.dumps({"text": "new", "label": " l7 "}) + "\n")
+    assert ShardedDataset(d, cache_dir=cache).distinct("label") == ["l0", "l1", "l2", "l3", "l7", "l9"]
+
+
+def test_parquet_distinct_reads_one_column(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"text": "x", "label": k % 3} for k in range(50)]), tmp_path / "p.parquet",
+                   row_group_size=16)
+    assert ShardedDataset(tmp_path / "p.parquet").distinct("label") == ["0", "1", "2"]
+
+
+def test_a_held_out_split_depends_on_row_identity_only_and_the_rest_is_its_complement(tmp_path):
+    from dtrain.shards import RowSubset, held_out_rows
+
+    d = tmp_path / "data"
+    d.mkdir()
+    for n, count in (("a", 700), ("b", 300), ("c", 1)):
+        (d / f"{n}.jsonl").write_text("".join(json.dumps({"text": f"{n}{i}", "label": "x"}) + "\n" for i in range(count)))
+    ds = ShardedDataset(d, cache_dir=tmp_path / "cache")
+    held = held_out_rows(ds, 0.2)
+    assert 150 < len(held) < 250 and np.all(np.diff(held) > 0)
+    assert np.array_equal(held, held_out_rows(ShardedDataset(sorted(d.glob("*.jsonl")), cache_dir=tmp_path / "c2"), 0.2))
+    assert not np.array_equal(held, held_out_rows(ds, 0.2, seed=1))
+    # without shard a, b's held-out rows are the same rows (by name and row), shifted
+    only_b = held_out_rows(ShardedDataset(d / "b.jsonl", cache_dir=tmp_path / "c3"), 0.2)
+    assert np.array_equal(only_b + 700, held[(held >= 700) & (held < 1000)])
+    val, train = RowSubset(ds, held, name="val"), RowSubset(ds, held, complement=True, name="train")
+    assert len(val) + len(train) == len(ds)
+    texts = [train[i]["text"] for i in range(len(train))] + [val[i]["text"] for i in range(len(val))]
+    assert sorted(texts) == sorted(ds[i]["text"] for i in range(len(ds)))  # each row in exactly one part
+    assert train.locate(0) == ds.locate(train.row(0)) and train.block_order == ds.block_order
+    assert train.fingerprint()["subset"] == {"name": "train", "held_out": len(held), "complement": True}
+    with pytest.raises(IndexError):
+        train[len(train)]
