@@ -71,7 +71,7 @@ def test_missing_data_file(tmp_path):
 
 def test_data_path_that_is_a_directory(tmp_path):
     proc, out = _router(tmp_path, f"task.data_path={tmp_path}")
-    line = one_line(proc, 2, f"{tmp_path} is a directory", "task.data_path")
+    line = one_line(proc, 2, f"no JSONL, CSV, Parquet, .txt or .tar shards found at {tmp_path}", "task.data_path")
     assert "does not exist" not in line and not out.exists()
 
 
