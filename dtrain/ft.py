@@ -116,6 +116,8 @@ class FaultTolerantTrainer(Trainer):
             self.manager = self._make_manager()
             if first_attempt():
                 self._wait_for_every_group()
+            else:  # after "starting fresh" or "resumed from" above: a live group's state comes first, if any
+                self.logger.info("restarted: the first quorum brings this group the state of a live one, if any")
             self.train_model.train()
             tc = self.cfg.train
             while self.epoch < tc.epochs and (tc.max_steps is None or self.step < tc.max_steps):
