@@ -80,9 +80,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from dtrain.preflight import check_nproc, check_rendezvous_port
     from dtrain.redact import redact_overrides
 
-    cfg = _load(args.config, args.overrides)  # every config error surfaces here, before any process starts
     if args.replica_groups:
-        return _launch_replica_groups(args, cfg)
+        return _launch_replica_groups(args)
+    cfg = _load(args.config, args.overrides)  # every config error surfaces here, before any process starts
     nproc = resolve_nproc(args.nproc_per_node)
     import torch
 
@@ -107,7 +107,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return run_torchrun(argv[3:], cfg.output_dir)
 
 
-def _launch_replica_groups(args: argparse.Namespace, cfg) -> int:
+def _launch_replica_groups(args: argparse.Namespace) -> int:
     from dtrain.ft_launch import run_replica_groups
     from dtrain.preflight import PreflightError
 
@@ -217,9 +217,9 @@ def cmd_slurm_submit(args: argparse.Namespace) -> int:
     problems += job.check()
     if problems:
         raise UsageError("; ".join(problems))
-    cfg = _load(args.config, args.overrides)  # config errors surface before anything is queued
-    if job.replica_groups:  # what the groups will run: checked here, before anything is queued
-        cfg = _load(args.config, [*args.overrides, "ft.enabled=true", f"ft.replica_groups={job.replica_groups}"])
+    # Config errors surface before anything is queued; with replica groups, in the config the groups will run.
+    ft = ["ft.enabled=true", f"ft.replica_groups={job.replica_groups}"] if job.replica_groups else []
+    cfg = _load(args.config, [*args.overrides, *ft])
     if not args.dry_run:
         _preflight(cfg)
     job.run_dir = Path(cfg.output_dir)

@@ -31,9 +31,9 @@ import torch
 
 from dtrain.checkpoint import CheckpointManager
 from dtrain.config import RunConfig
-from dtrain.data import BLOCK_ORDER_ABOVE, SeededSamples, TrainSampler, batch_len, micro_batch_sizes, move_to
+from dtrain.data import SeededSamples, TrainSampler, batch_len, micro_batch_sizes, move_to
 from dtrain.dist import DistState, mean_over_replicas_
-from dtrain.fault_injection import FaultInjected, first_attempt
+from dtrain.fault_injection import after_step, first_attempt
 from dtrain.preemption import DONE_FILE, MARKER, Preempted
 from dtrain.recipe import Task
 from dtrain.trainer import Trainer
@@ -84,26 +84,17 @@ class FaultTolerantTrainer(Trainer):
         super().__init__(replace(cfg, output_dir=str(group_run_dir(shared, self.group))), dist, task)
         self.shared_dir = shared
         self.ckpt = CheckpointManager(shared / "checkpoints", dist, cfg.checkpoint.keep_last)
-        tc, ft = cfg.train, cfg.ft
-        n = len(task.train_data)
-        self.block = getattr(task.train_data, "block_order", False) or n > BLOCK_ORDER_ABOVE
         # Counted for the nominal membership: an epoch's steps and the schedule are an R-rank run's. With
-        # fewer live groups a step holds fewer samples, the epoch takes more steps, and steps past the
-        # schedule's end keep its final learning rate.
-        nominal = TrainSampler(n, 0, ft.replica_groups, cfg.seed, block_order=self.block)
-        self.batches_per_epoch = len(micro_batch_sizes(nominal.per_rank(), tc.batch_size))
-        self.steps_per_epoch = -(-self.batches_per_epoch // tc.grad_accum_steps)
-        self.total_steps = tc.epochs * self.steps_per_epoch
-        if tc.max_steps is not None:
-            self.total_steps = min(self.total_steps, tc.max_steps)
-        self.scheduler = self._make_scheduler(self.total_steps)
+        # fewer live groups a step holds fewer samples, and the scheduler advances only as samples are
+        # trained (_after_ft_step), so the epochs still end at the schedule's end.
+        self._plan_steps(TrainSampler(len(task.train_data), 0, cfg.ft.replica_groups, cfg.seed).per_rank())
         self.data = SeededSamples(task.train_data, cfg.seed)
         self.collate = task.collate_fn or torch.utils.data.default_collate
         self.manager = None
         self._grad_norm = None
         self.discarded = 0  # steps this group computed that did not commit
         self.quorum = (1, 0)  # (members, this group's place) of the step in flight
-        self.record = (self.run_dir / "ft_steps.jsonl").open("a") if ft.record_steps else None
+        self.record = (self.run_dir / "ft_steps.jsonl").open("a") if cfg.ft.record_steps else None
         self._stop: signal.Signals | None = None
 
     # ================================================================== the loop
@@ -168,10 +159,11 @@ class FaultTolerantTrainer(Trainer):
                 loss = self.task.loss_fn(outputs, batch)
             self.strategy.backward(loss if n == window_samples else loss * (n / window_samples))
             parts.append(loss.detach().double() * n)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p)
-                 for p in self.model.parameters() if p.requires_grad]
-        for p, g in zip((p for p in self.model.parameters() if p.requires_grad), grads):
-            p.grad = g
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:  # a parameter this group's batch did not reach still takes part in the reduction
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         self.beat(step, len(window), "optimizer")
         if fi.kill_in_reduce_at_step == step and fi.kill_rank == self.group and first_attempt():
             time.sleep(0.3)  # the peers are inside their reduction by now, waiting for this group's part
@@ -200,7 +192,7 @@ class FaultTolerantTrainer(Trainer):
         one sample per member left: the tail rule) the next epoch begins, in the same quorum."""
         tc = self.cfg.train
         for _ in range(2):
-            sampler = TrainSampler(len(self.data), place, members, self.cfg.seed, block_order=self.block, keyed=True)
+            sampler = TrainSampler(len(self.data), place, members, self.cfg.seed, block_order=self.block_order, keyed=True)
             sampler.set_epoch(self.epoch, start=self.sample_in_epoch)
             if sampler.per_rank() > 0:
                 return list(itertools.islice(sampler, tc.batch_size * tc.grad_accum_steps))
@@ -243,13 +235,7 @@ class FaultTolerantTrainer(Trainer):
             path = self.save_checkpoint()
             if improved:
                 self.ckpt.mark_best(path, cc.best_metric, self.best_value, self.step)
-        fi = self.cfg.fault_injection
-        if fi.kill_at_step == self.step and fi.kill_rank == self.group and first_attempt():
-            os.kill(os.getpid(), signal.SIGKILL)
-        if fi.step_sleep_s:
-            time.sleep(fi.step_sleep_s)
-        if fi.crash_after_step == self.step:
-            raise FaultInjected(f"fault injection: crash after step {self.step}")
+        after_step(self.cfg.fault_injection, self.step, self.group)
 
     def _stop_now(self) -> None:
         """A stop on request (SIGTERM, Ctrl-C): the quorum's first member saves; every group then stops."""

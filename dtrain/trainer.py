@@ -7,8 +7,6 @@ module; the Trainer only decides *when* each of them is used.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +29,7 @@ from dtrain.data import (
 )
 from dtrain.dist import DistState, all_reduce_sum, describe_cpus, gather_objects
 from dtrain.early_stopping import EarlyStopping
-from dtrain.fault_injection import FaultInjected, first_attempt, holding
+from dtrain.fault_injection import after_step, first_attempt, holding
 from dtrain.loggers import MetricsLogger
 from dtrain.metrics import StepMetrics, count_tokens, default_peak_flops, memory_peaks
 from dtrain.model_init import ModelSource
@@ -68,19 +66,14 @@ class Trainer:
         if workers == "auto":
             workers = 2 if self.device.type == "cuda" else 0
         n_train = len(task.train_data)
-        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed,
-                                    block_order=getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE,
+        self.block_order = getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE
+        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed, block_order=self.block_order,
                                     keyed=True)
         if self.sampler.per_rank() == 0:
             raise ValueError(f"the training set has {n_train} samples, fewer than the {dist.world_size} ranks")
         self.loader = make_loader(SeededSamples(task.train_data, cfg.seed), self.sampler, tc.batch_size, dist,
                                   workers, task.collate_fn)
-        self.batches_per_epoch = len(micro_batch_sizes(self.sampler.per_rank(), tc.batch_size))
-        self.steps_per_epoch = -(-self.batches_per_epoch // tc.grad_accum_steps)
-        self.total_steps = tc.epochs * self.steps_per_epoch
-        if tc.max_steps is not None:
-            self.total_steps = min(self.total_steps, tc.max_steps)
-        self.scheduler = self._make_scheduler(self.total_steps)
+        self._plan_steps(self.sampler.per_rank())
 
         self.val_loader, self.test_loader = (
             make_loader(data, EvalSampler(len(data), dist.rank, dist.world_size), tc.batch_size, dist, workers,
@@ -278,13 +271,7 @@ class Trainer:
             raise Preempted(f"stopped at step {self.step} on request ({reason}); checkpoint saved, run the same "
                             "command to continue", interrupted=reason == "SIGINT")
 
-        fi = self.cfg.fault_injection
-        if fi.kill_at_step == self.step and fi.kill_rank == self.dist.rank and first_attempt():
-            os.kill(os.getpid(), signal.SIGKILL)
-        if fi.step_sleep_s:
-            time.sleep(fi.step_sleep_s)
-        if fi.crash_after_step == self.step:
-            raise FaultInjected(f"fault injection: crash after step {self.step}")
+        after_step(self.cfg.fault_injection, self.step, self.dist.rank)
 
     # ================================================================== evaluation
     def _sanity_eval(self) -> None:
@@ -548,6 +535,16 @@ class Trainer:
             restore_rng(loaded.rng)
         self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _plan_steps(self, per_rank: int) -> None:
+        """Steps per epoch and in all when each rank draws `per_rank` samples an epoch, and the schedule."""
+        tc = self.cfg.train
+        self.batches_per_epoch = len(micro_batch_sizes(per_rank, tc.batch_size))
+        self.steps_per_epoch = -(-self.batches_per_epoch // tc.grad_accum_steps)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        if tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+        self.scheduler = self._make_scheduler(self.total_steps)
 
     def _make_scheduler(self, total: int):
         if self.task.scheduler is not None:
