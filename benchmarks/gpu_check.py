@@ -32,7 +32,7 @@ from dtrain.checkpoint import read_weights  # noqa: E402
 from dtrain.config import ConfigError, load_config  # noqa: E402
 from dtrain.dist import barrier, distributed  # noqa: E402
 from dtrain.runner import build_trainer  # noqa: E402
-from dtrain.trainer import FaultInjected  # noqa: E402
+from dtrain.fault_injection import FaultInjected  # noqa: E402
 
 RECIPES = {"mlp": "recipes/mlp/config.yaml", "vision": "recipes/vision/config.yaml",
            "ticket_router": "recipes/ticket_router/config.yaml"}
