@@ -21,6 +21,7 @@ from recipes.ticket_router.data import (
     split_record,
 )
 from recipes.ticket_router.metrics import confidence_counts, confusion, report
+from recipes.ticket_router.model import POOLINGS, load_model, skeleton_model, transformer_layers
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
 
@@ -70,6 +71,10 @@ class Config:
     CLINC150's validation split: SWEEP.md)."""
     label_smoothing: float = 0.1
     """Chosen on CLINC150's validation split (SWEEP.md)."""
+    pooling: str = "mean"
+    """How a ticket becomes one vector for the head: mean (the average of the encoder's token states, what
+    sentence encoders such as the shipped MiniLM were trained for) or cls (the [CLS] token through the
+    checkpoint's pooler, Hugging Face's sequence classifier). Chosen across data sets: SWEEP.md."""
 
     def check(self) -> list[str]:
         bad = []
@@ -77,6 +82,8 @@ class Config:
             bad += self.abstain.check(self.out_of_scope)
         if not 0.0 <= self.label_smoothing < 1.0:
             bad.append(f"task.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.pooling not in POOLINGS:
+            bad.append(f"task.pooling: must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.head_lr_scale <= 0:
             bad.append(f"task.head_lr_scale: must be > 0, got {self.head_lr_scale}")
         if self.max_length < 8:
@@ -99,8 +106,9 @@ def resolve_model_path(model_path: str) -> Path:
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise TicketDataError(
-            f"task.model_path: {path} holds no Hugging Face model (no config.json); "
-            "give a directory written by save_pretrained"
+            f"task.model_path: {path} holds no Hugging Face model (no config.json); give a directory written by "
+            "save_pretrained" + ("; all-mpnet-base-v2 is prepared once by python -m recipes.ticket_router.large_encoder"
+                                 if "all-mpnet-base-v2" in path.name else "")
         )
     return path
 
@@ -109,36 +117,6 @@ def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def load_model(path: Path, names: list[str]):
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
-    hf_logging.disable_progress_bar()
-    return AutoModelForSequenceClassification.from_pretrained(
-        # A directory that already holds a classifier for another label set gets a fresh head.
-        path, local_files_only=True, num_labels=len(names), ignore_mismatched_sizes=True,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-    )
-
-
-def skeleton_model(path: Path, names: list[str]):
-    """The architecture of `load_model` without its weights (ranks that receive a shard of rank 0's)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights
-
-    config = AutoConfig.from_pretrained(path, local_files_only=True, num_labels=len(names),
-                                        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    # No initialisation: rank 0's weights replace it, and under DeepSpeed's zero.Init it would index
-    # parameters that are already partitioned (empty on this rank).
-    with no_init_weights():
-        return AutoModelForSequenceClassification.from_config(config)
 
 
 def is_sharded(path: str | None) -> bool:
@@ -346,8 +324,8 @@ def make_task(cfg: Config, ctx: BuildContext, model_dir: Path, tokenizer, names:
                 "review_share": t["review_share"], "abstain": result}
 
     return Task(
-        model=lambda: load_model(model_dir, names),
-        model_skeleton=lambda: skeleton_model(model_dir, names),
+        model=lambda: load_model(model_dir, names, cfg.pooling),
+        model_skeleton=lambda: skeleton_model(model_dir, names, cfg.pooling),
         train_data=train,
         val_data=val,
         test_data=test,
@@ -363,12 +341,6 @@ def make_task(cfg: Config, ctx: BuildContext, model_dir: Path, tokenizer, names:
         shard_units=transformer_layers,  # strategy fsdp: each transformer layer is one unit
         extras={"labels": names, "tokenizer": tokenizer, "model_dir": model_dir},
     )
-
-
-def transformer_layers(model) -> list:
-    """The encoder's layers (BERT-style models keep them in encoder.layer)."""
-    base = getattr(model, model.base_model_prefix, model)
-    return list(base.encoder.layer) if hasattr(base, "encoder") else []
 
 
 def export(*args, **kwargs):

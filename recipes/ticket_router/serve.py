@@ -36,7 +36,7 @@ def load_trained(run_dir: Path, which: str = "best"):
     cfg = load_config(run_dir / "config.yaml")
     model_dir = resolve_model_path(cfg.task.model_path)
     names = json.loads((run_dir / "split.json").read_text())["labels"]
-    model = load_model(model_dir, names)
+    model = load_model(model_dir, names, cfg.task.pooling)
     checkpoint = run_checkpoint(run_dir, which)
     # Any format the run wrote: model.pt (ddp), dcp shards joined in this one process (fsdp, async
     # saves), or the whole fp32 weights DeepSpeed checkpoints carry; every file checked against meta.json.
