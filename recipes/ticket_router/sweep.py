@@ -37,6 +37,14 @@ CANDIDATES = {  # name -> overrides of CONFIG (every swept value stated, so the 
 }
 
 
+PUBLISHED = {  # set -> (model, test accuracy % or in-scope accuracy %, oos recall %, source)
+    "clinc150": [("BERT-base (110 M)", 96.9, 40.3, "Larson et al. 2019, Table 2, Full, oos-train"),
+                 ("MLP on USE embeddings", 93.5, 47.4, "Larson et al. 2019, Table 2, Full, oos-train")],
+    "hwu64": [("BERT-large fine-tuned, USE+ConveRT", "about 92-93", None,
+               "Casanueva et al. 2020 on the same KFold_1 test set, own train/val split; compare loosely")],
+}
+
+
 def best_val(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in rows if r.get("kind") == "eval"]
@@ -71,6 +79,27 @@ def train(name: str, data: str, overrides: list[str], run_dir: Path, epochs: int
     (run_dir / "sweep_time_s.txt").write_text(f"{time.time() - start:.0f}\n")
 
 
+def full_runs(specs: list[str]) -> list[str]:
+    """The chosen defaults' full runs (config_clinc150.yaml, data paths changed) on each set's test split."""
+    lines = ["## Full runs of the defaults, on each set's test split", "",
+             f"`dtrain launch --nproc-per-node 2 {CONFIG}` with only the data paths changed (as above), "
+             f"2 CPU ranks of a {cpu_name()}, the whole command timed.", "",
+             "| set | model | test accuracy % | in-scope accuracy % | oos recall % | macro-F1 | minutes | source |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for spec in specs:
+        data, rest = spec.split("=", 1)
+        run_dir, _, minutes = rest.partition("@")
+        r = json.loads((Path(run_dir) / "test_report.json").read_text())
+        pct = lambda k: "" if r.get(k) is None else f"{100 * r[k]:.2f}"  # noqa: E731
+        lines.append(f"| {data} | **dtrain, MiniLM-L6 (22.7 M)** | **{pct('accuracy')}** | {pct('in_scope_accuracy')} | "
+                     f"{pct('oos_recall')} | {r['macro_f1']:.3f} | {minutes} | this run, {r['checkpoint']} |")
+        for model, acc, oos, source in PUBLISHED.get(data, []):
+            in_scope = data == "clinc150"
+            lines.append(f"| {data} | {model}, published | {'' if in_scope else acc} | {acc if in_scope else ''} | "
+                         f"{'' if oos is None else oos} |  |  | {source} |")
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=2)
@@ -78,6 +107,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     ap.add_argument("--report", default="recipes/ticket_router/SWEEP.md")
+    ap.add_argument("--full", nargs="*", default=[], metavar="SET=RUN_DIR[@MINUTES]",
+                    help="full runs of the chosen defaults to report on their test splits beside published numbers")
     args = ap.parse_args()
     acc: dict[str, dict[str, float]] = {}
     rows = []
@@ -109,7 +140,21 @@ def main() -> None:
         oos = best.get("oos_recall")
         lines.append(f"| {name} | {data} | {100 * best.get('accuracy', 0):.2f} | {100 * best.get('macro_f1', 0):.2f} | "
                      f"{'' if oos is None else f'{100 * oos:.1f}'} | {best.get('step')} | {secs} |")
-    lines += ["", f"Chosen: **{chosen}**.", ""]
+    lines += ["", f"Chosen: **{chosen}** (config_clinc150.yaml and the recipe's defaults). One seed each; the runs are "
+              "deterministic (the cls row repeats the earlier CLINC150-only sweep's 94.26 to the digit). Times "
+              "include other work sharing the 2 cores.", "",
+              "What the sets say: mean pooling beats cls on both sets by about the same margin (+0.55 points on "
+              "CLINC150, +0.59 on HWU64 at lr 2e-4), so it is the one change that holds on data it was not "
+              "chosen on; the learning rate's optimum (2e-4 vs 1e-4) agrees across the two sets within 0.3 "
+              "points; plain fine-tuning (head x1, no smoothing) is slow to start on both in a short schedule.", "",
+              "Not swept, and why: `max_length` 128 (batches pad to their longest ticket, so a cap above the data "
+              "costs nothing; CLINC150's longest query is 33 tokens); `warmup_steps` 100; `epochs` 7 with early "
+              "stopping on validation accuracy (patience 2): as many as the 30-minute budget allows on these 2 "
+              "cores for CLINC150, the largest set; global batch 32 (the published BERT runs' size); AdamW, "
+              "weight decay 0.01, linear decay, gradient clipping at 1. Schedule length and early stopping "
+              "cannot be judged by a 2-epoch proxy; the full runs below show where the best checkpoint fell.", ""]
+    if args.full:
+        lines += full_runs(args.full)
     Path(args.report).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.report}; chosen {chosen}")
 
