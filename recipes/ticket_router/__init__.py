@@ -68,9 +68,9 @@ class Config:
     stated here (task.abstain.min_oos_recall or task.abstain.max_misrouted); see abstain.py."""
     head_lr_scale: float = 10.0
     """Learning rate of the freshly initialised classification head, as a multiple of optim.lr (chosen on
-    CLINC150's validation split: SWEEP.md)."""
+    the validation splits of CLINC150 and HWU64: SWEEP.md)."""
     label_smoothing: float = 0.1
-    """Chosen on CLINC150's validation split (SWEEP.md)."""
+    """Chosen on the validation splits of CLINC150 and HWU64 (SWEEP.md)."""
     pooling: str = "mean"
     """How a ticket becomes one vector for the head: mean (the average of the encoder's token states, what
     sentence encoders such as the shipped MiniLM were trained for) or cls (the [CLS] token through the
