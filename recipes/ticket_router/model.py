@@ -12,6 +12,7 @@ head's learning-rate scale, checkpoints, export and predict treat them alike.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -52,10 +53,9 @@ class MeanPooledClassifier(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.encoder.config.save_pretrained(path)
-        config = json.loads((path / "config.json").read_text())
-        config[MEAN_POOLED] = True
-        (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = copy.deepcopy(self.encoder.config)
+        setattr(config, MEAN_POOLED, True)
+        config.save_pretrained(path)
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path / "model.safetensors"))
 
 
@@ -94,10 +94,14 @@ def load_model(path: Path, names: list[str], pooling: str = "mean"):
         model = skeleton_model(path, names, pooling)
         state = load_file(str(path / "model.safetensors"))
         head_fits = state.get("classifier.weight", torch.empty(0)).shape == model.classifier.weight.shape
-        model.load_state_dict(state if head_fits else {k: v for k, v in state.items() if not k.startswith("classifier.")},
-                              strict=head_fits)
+        if head_fits:
+            model.load_state_dict(state)
+        else:  # another label set: the encoder's weights, and a head initialised here (the skeleton's is not)
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("classifier.")}, strict=False)
+            model.classifier.reset_parameters()
         return model
-    return MeanPooledClassifier(_without_pooler(AutoModel.from_pretrained, path, local_files_only=True), len(names))
+    encoder = _without_pooler(AutoModel.from_pretrained, path, local_files_only=True, **_labels(names))
+    return MeanPooledClassifier(encoder, len(names))
 
 
 def skeleton_model(path: Path, names: list[str], pooling: str = "mean"):

@@ -68,9 +68,9 @@ def choose(acc: dict[str, dict[str, float]]) -> tuple[str, dict[str, float]]:
     return min(acc, key=lambda c: (round(regret[c], 6), -mean[c])), regret
 
 
-def train(name: str, data: str, overrides: list[str], run_dir: Path, epochs: int) -> None:
-    if (run_dir / "test_report.json").is_file() or (run_dir / "sweep_time_s.txt").is_file():
-        return  # a finished candidate is not trained again
+def train(data: str, overrides: list[str], run_dir: Path, epochs: int) -> None:
+    if (run_dir / "sweep_time_s.txt").is_file():
+        return  # a finished candidate (its time is written last) is not trained again
     start = time.time()
     cmd = [sys.executable, "-m", "dtrain.cli", "launch", "--nproc-per-node", "2", CONFIG, f"output_dir={run_dir}",
            f"train.epochs={epochs}", "task.abstain=null", "early_stopping.metric=null", "checkpoint.keep_last=1",
@@ -117,7 +117,7 @@ def main() -> None:
             continue
         for data in args.sets:
             run_dir = Path(args.out) / data / name
-            train(name, data, overrides, run_dir, args.epochs)
+            train(data, overrides, run_dir, args.epochs)
             best = best_val(run_dir)
             acc.setdefault(name, {})[data] = 100 * best.get("accuracy", 0.0)
             rows.append((name, data, best, (run_dir / "sweep_time_s.txt").read_text().strip()))

@@ -54,6 +54,9 @@ def test_a_saved_mean_pooled_classifier_loads_back(tiny_model, tmp_path):
         torch.testing.assert_close(model(**x).logits, again(**x).logits, atol=0, rtol=0)
     other = load_model(tmp_path / "hf", NAMES + ["shipping"], "mean")  # another label set: a fresh head
     assert other.classifier.weight.shape[0] == 4
+    bound = other.classifier.weight.shape[1] ** -0.5  # nn.Linear's own initialisation, not leftover memory
+    assert 0 < other.classifier.weight.abs().max() <= bound and other.classifier.bias.abs().max() <= bound
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["id2label"] == {str(i): n for i, n in enumerate(NAMES)}
     assert torch.equal(other.encoder.embeddings.word_embeddings.weight, model.encoder.embeddings.word_embeddings.weight)
 
 
