@@ -65,6 +65,15 @@ class TrainConfig:
     sanity_eval_batches: int = 2
     """Validation batches evaluated before the first step, so that a recipe's evaluation mistakes (and a
     checkpoint.best_metric / early_stopping.metric it does not give) stop the run in seconds (0: off)."""
+    group_by_length: int = 0
+    """Batch samples of about the same length, so that padding each batch to its longest wastes little
+    (text): the epoch's shuffled order is sorted by length within each window of this many samples (1024
+    is a good start; keep it well below the training set's size, else every epoch runs longest to
+    shortest; 0: off). The windows count samples, not batches, so a step's samples are still the
+    same at any world size. Needs training data that says its samples' lengths (a `lengths` attribute;
+    the ticket router's in-memory data does); not with sharded data.
+    The batches of a window go from long to short, and each holds tickets of one length: measure it on
+    your validation split before relying on it (ticket router: SWEEP.md)."""
     num_workers: int | Literal["auto"] = 0
     """DataLoader worker processes per rank; auto: 0 on the CPU (ranks already use the cores), 2 with CUDA."""
     on_nonfinite: Literal["skip", "stop", "off"] = "skip"
@@ -80,6 +89,8 @@ class TrainConfig:
         bad = []
         if self.sanity_eval_batches < 0:
             bad.append(f"train.sanity_eval_batches: must be >= 0, got {self.sanity_eval_batches}")
+        if self.group_by_length < 0:
+            bad.append(f"train.group_by_length: must be >= 0 (0: off), got {self.group_by_length}")
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every", "max_nonfinite_in_a_row"):
             if getattr(self, name) <= 0:
                 bad.append(f"train.{name}: must be > 0, got {getattr(self, name)}")

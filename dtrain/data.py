@@ -40,7 +40,8 @@ class TrainSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, shuffle: bool = True,
-                 block_order: bool | int = False, keyed: bool = False):
+                 block_order: bool | int = False, keyed: bool = False, lengths: torch.Tensor | None = None,
+                 group_by_length: int = 0):
         self.num_samples = num_samples
         self.rank = rank
         self.world_size = world_size
@@ -53,6 +54,10 @@ class TrainSampler(Sampler[int]):
         self.keyed = keyed
         """Yield (index, epoch) keys for `SeededSamples` instead of bare indices: the epoch must travel with
         each index, since DataLoader workers outlive epochs and hold their own copy of the data set."""
+        self.lengths = lengths
+        self.group_by_length = group_by_length
+        """> 0: the permutation is sorted by `lengths` (longest first) within each window of this many
+        positions (`length_grouped`)."""
         self.epoch = 0
         self.start = 0  # global position in this epoch's permutation
 
@@ -90,8 +95,42 @@ class TrainSampler(Sampler[int]):
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
+        if self.group_by_length and self.lengths is not None:
+            order = length_grouped(order, self.lengths, self.group_by_length)
         mine = order[self.start : self.end()][self.rank :: self.world_size]
         return iter(mine.tolist())
+
+
+def length_grouped(order: torch.Tensor, lengths: torch.Tensor, window: int) -> torch.Tensor:
+    """`order` sorted by sample length, longest first, within each window of `window` consecutive positions
+    (ties keep their shuffled order). A batch then holds samples of about one length, so padding to its
+    longest costs little (text: 1.65x the real tokens of random batches of 16 CLINC150 queries, 1.02x
+    grouped in windows of 1,024). The windows are counted in samples of the epoch's permutation, not in
+    batches, so the order is a function of (seed, epoch) alone and a global step holds the same samples at
+    any world size, as without grouping."""
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    window_id = torch.arange(len(order)) // window
+    longest = int(lengths.max()) + 1
+    key = window_id * longest + (longest - 1 - lengths[order])
+    return order[torch.sort(key, stable=True).indices]
+
+
+def length_groups(data: Dataset, window: int, block_order: bool | int) -> dict:
+    """TrainSampler's length-grouping arguments for train.group_by_length = `window`, checked against the
+    data: it must say its samples' lengths, and a block-shuffled (sharded) set cannot be sorted whole."""
+    if not window:
+        return {}
+    from dtrain.config import ConfigError
+
+    lengths = getattr(data, "lengths", None)
+    if block_order:
+        raise ConfigError([f"train.group_by_length: {window} needs an in-memory training set; sharded data is read "
+                           "in shuffled blocks and cannot be sorted by length (set it to 0)"])
+    if lengths is None or len(lengths) != len(data):
+        raise ConfigError([f"train.group_by_length: {window} needs the training data's sample lengths, and "
+                           f"{type(data).__name__} gives none (give it a `lengths` sequence, one per sample, or "
+                           "set it to 0)"])
+    return {"lengths": torch.as_tensor(lengths, dtype=torch.long), "group_by_length": window}
 
 
 _SAMPLE_SEED: ContextVar[int | None] = ContextVar("dtrain_sample_seed", default=None)

@@ -192,7 +192,7 @@ class FaultTolerantTrainer(Trainer):
         one sample per member left: the tail rule) the next epoch begins, in the same quorum."""
         tc = self.cfg.train
         for _ in range(2):
-            sampler = TrainSampler(len(self.data), place, members, self.cfg.seed, block_order=self.block_order, keyed=True)
+            sampler = TrainSampler(len(self.data), place, members, self.cfg.seed, keyed=True, **self.order)
             sampler.set_epoch(self.epoch, start=self.sample_in_epoch)
             if sampler.per_rank() > 0:
                 return list(itertools.islice(sampler, tc.batch_size * tc.grad_accum_steps))

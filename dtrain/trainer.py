@@ -21,6 +21,7 @@ from dtrain.data import (
     EvalSampler,
     SeededSamples,
     TrainSampler,
+    length_groups,
     accumulation_windows,
     batch_len,
     make_loader,
@@ -52,6 +53,11 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.device = dist.device
 
+        n_train = len(task.train_data)
+        self.block_order = getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE
+        # The training order's arguments (checked before the model is built: a bad setting fails in seconds).
+        self.order = dict(block_order=self.block_order, **length_groups(task.train_data, tc.group_by_length,
+                                                                        self.block_order))
         self.precision = Precision(tc.precision, self.device)
         # The strategy (ddp, fsdp, deepspeed) builds the model where it belongs (sharded ones never whole
         # on a GPU), compiles and wraps it, and makes the optimizer. `self.model` is what evaluation and
@@ -65,10 +71,7 @@ class Trainer:
         workers = tc.num_workers
         if workers == "auto":
             workers = 2 if self.device.type == "cuda" else 0
-        n_train = len(task.train_data)
-        self.block_order = getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE
-        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed, block_order=self.block_order,
-                                    keyed=True)
+        self.sampler = TrainSampler(n_train, dist.rank, dist.world_size, cfg.seed, keyed=True, **self.order)
         if self.sampler.per_rank() == 0:
             raise ValueError(f"the training set has {n_train} samples, fewer than the {dist.world_size} ranks")
         self.loader = make_loader(SeededSamples(task.train_data, cfg.seed), self.sampler, tc.batch_size, dist,

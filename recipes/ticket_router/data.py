@@ -130,6 +130,8 @@ class Encoded(torch.utils.data.Dataset):
 
     def __init__(self, ids: list[list[int]], labels: list[int]):
         self.ids, self.labels = ids, labels
+        self.lengths = [len(x) for x in ids]
+        """Tokens per ticket, for train.group_by_length."""
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -255,6 +255,10 @@ def test_ticket_shards_with_their_own_column_names_train_and_export(tmp_path, ti
     assert meta["distinct"]["category"] == sorted({r["category"] for r in train[:half]})  # kept with the index
 
     # one line each, naming the setting, or the shard and row
+    grouped = run(CFG, *args, f"output_dir={tmp_path / 'r4'}", "train.group_by_length=64", check=False)
+    assert grouped.returncode == 2 and grouped.stderr.strip().splitlines() == [
+        "dtrain: config error: train.group_by_length: 64 needs an in-memory training set; sharded data is read in "
+        "shuffled blocks and cannot be sorted by length (set it to 0)"]
     (shards / "part-2.jsonl").write_text(json.dumps({"body": "hello", "category": "refunds"}) + "\n")
     bad = run(CFG, *args, f"output_dir={tmp_path / 'r3'}", "train.max_steps=80", check=False)
     # found in a DataLoader worker mid-run: exit 1 (the run failed), the worker's message alone

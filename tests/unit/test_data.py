@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dtrain.data import EvalSampler, TrainSampler, accumulation_windows, micro_batch_sizes, stratified_split
+from dtrain.config import ConfigError
+from dtrain.data import (
+    EvalSampler, TrainSampler, accumulation_windows, length_groups, micro_batch_sizes, stratified_split,
+)
 
 
 def epoch(num, world, seed=0, ep=0):
@@ -62,6 +65,54 @@ def test_resume_on_another_world_size_neither_repeats_nor_skips(before, after, p
         seen += list(s)
         assert s.end() == pos + len(s) * after
     assert len(set(seen)) == len(seen) and n - len(seen) < after  # no repeats; only the tail left out
+
+
+def grouped(num, world, lengths, window, ep=0, start=0):
+    out = []
+    for r in range(world):
+        s = TrainSampler(num, r, world, 0, lengths=lengths, group_by_length=window)
+        s.set_epoch(ep, start=start)
+        out.append(list(s))
+    return out
+
+
+def test_length_grouping_sorts_within_windows_and_keeps_each_step_at_any_world_size():
+    n, window = 1000, 256
+    lengths = torch.randint(1, 40, (n,), generator=torch.Generator().manual_seed(1))
+    one = grouped(n, 1, lengths, window)[0]
+    assert sorted(one) == list(range(n)) and one != epoch(n, 1)[0]  # a permutation, not the ungrouped one
+    for w in range(0, n, window):  # longest first within each window of the epoch's order
+        got = [int(lengths[i]) for i in one[w:w + window]]
+        assert got == sorted(got, reverse=True)
+    # A global step of 32 samples: 1 rank x 32, 2 ranks x 16, 4 ranks x 8 hold the same samples, and the
+    # samples of one step have about one length (padding to the longest wastes little).
+    two, four = grouped(n, 2, lengths, window), grouped(n, 4, lengths, window)
+    pad_grouped, pad_random, plain = 0, 0, epoch(n, 1)[0]
+    for step in range(n // 32):
+        want = set(one[step * 32:(step + 1) * 32])
+        assert {i for r in range(2) for i in two[r][step * 16:(step + 1) * 16]} == want
+        assert {i for r in range(4) for i in four[r][step * 8:(step + 1) * 8]} == want
+        pad_grouped += 32 * max(int(lengths[i]) for i in want) - sum(int(lengths[i]) for i in want)
+        batch = plain[step * 32:(step + 1) * 32]
+        pad_random += 32 * max(int(lengths[i]) for i in batch) - sum(int(lengths[i]) for i in batch)
+    assert pad_grouped < pad_random / 5
+    # A resume at a global position on another world size goes on with the same samples.
+    resumed = grouped(n, 3, lengths, window, start=96)
+    assert sorted(i for r in resumed for i in r) == sorted(one[96:96 + 3 * len(resumed[0])])
+
+
+def test_length_grouping_refuses_data_without_lengths_and_sharded_data():
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+    assert length_groups(Plain(), 0, False) == {}
+    with pytest.raises(ConfigError, match="train.group_by_length: 64 needs the training data's sample lengths"):
+        length_groups(Plain(), 64, False)
+    Plain.lengths = [3, 1, 2, 5]
+    assert length_groups(Plain(), 64, False)["group_by_length"] == 64
+    with pytest.raises(ConfigError, match="sharded data"):
+        length_groups(Plain(), 64, 65536)
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (7, 2), (2, 4), (0, 2), (9, 1)])
