@@ -549,13 +549,30 @@ class ShardedDataset(Dataset):
         k = int(np.searchsorted(self.ends, i, side="right"))
         return self.shards[k].path, i - (int(self.ends[k - 1]) if k else 0) + 1
 
-    def distinct(self, column: str) -> list[str]:
+    def distinct(self, column: str, dist=None) -> list[str]:
         """The sorted distinct non-empty values of `column` over every shard (e.g. the labels a recipe
-        trains on, when nobody listed them): one pass per shard the first time, then kept with its index."""
+        trains on, when nobody listed them): one pass per shard the first time, then kept with its index.
+        With `dist` (every rank must pass it) the ranks read the shards in turns, as they index them, and
+        share what they found."""
         if any(s.kind == "tar" for s in self.shards):
             raise ShardError("distinct values are read from JSONL, CSV and Parquet shards; tar shards hold their "
                              "classes in .cls members (TarShard.labels)")
-        return sorted(set().union(*(s.distinct(column) for s in self.shards)))
+        if dist is None or dist.world_size == 1:
+            return sorted(set().union(*(s.distinct(column) for s in self.shards)))
+        from dtrain.dist import gather_objects
+
+        mine: set[str] = set()
+        problem = None
+        try:
+            for shard in self.shards[dist.rank::dist.world_size]:
+                mine.update(shard.distinct(column))
+        except (ShardError, OSError) as exc:
+            problem = str(exc)
+        every = gather_objects((sorted(mine), problem), dist)
+        found = [p for _, p in every if p]
+        if found:  # raised on every rank: one that raised alone would leave the others in the collective
+            raise ShardError(found[0])
+        return sorted(set().union(*(values for values, _ in every)))
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data for a checkpoint: every shard's name, size, rows and content digest (small)."""

@@ -136,7 +136,7 @@ def open_shards(cfg: Config, path: str, key: str, dist=None):
         raise TicketDataError(f"task.{key}: {exc}") from None
 
 
-def sharded_labels(cfg: Config, train) -> tuple[list[str], str]:
+def sharded_labels(cfg: Config, train, dist=None) -> tuple[list[str], str]:
     """The label names of sharded training data and where they came from: task.labels if given (it fixes
     their order and forbids others), else every label the shards hold, sorted (found by one pass over each
     shard, kept with its index: dtrain.shards.ShardedDataset.distinct)."""
@@ -145,7 +145,7 @@ def sharded_labels(cfg: Config, train) -> tuple[list[str], str]:
     from dtrain.shards import ShardError
 
     try:
-        names = train.distinct(cfg.label_column)
+        names = train.distinct(cfg.label_column, dist)  # in the ranks: each reads its share of the shards
     except ShardError as exc:
         raise TicketDataError(f"task.data_path: {exc}") from None
     if len(names) < 2:
@@ -170,7 +170,7 @@ def sharded_splits(cfg: Config, names: list[str], labels_from: str, train, dist=
     if is_sharded(cfg.val_path):
         val = open_shards(cfg, cfg.val_path, "val_path", dist)
         if not cfg.labels:  # a label the training shards lack cannot be learned: said before training
-            unknown = sorted(set(val.distinct(cfg.label_column)) - set(names))
+            unknown = sorted(set(val.distinct(cfg.label_column, dist)) - set(names))
             if unknown:
                 raise TicketDataError(f"task.val_path: label(s) {', '.join(map(repr, unknown[:5]))} are not in "
                                       f"{labels_from}; the training data must hold every label")
@@ -275,7 +275,7 @@ def build_sharded(cfg: Config, ctx: BuildContext) -> Task:
     file or shards), no test split unless test_path; each ticket is read and tokenized when the loader asks."""
     columns = (cfg.text_column, cfg.label_column)
     shards = open_shards(cfg, cfg.data_path, "data_path", ctx.dist)
-    names, labels_from = sharded_labels(cfg, shards)
+    names, labels_from = sharded_labels(cfg, shards, ctx.dist)
     train_rows, val_part = sharded_splits(cfg, names, labels_from, shards, ctx.dist)
     model_dir = resolve_model_path(cfg.model_path)
     tokenizer = load_tokenizer(model_dir)

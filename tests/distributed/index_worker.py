@@ -1,5 +1,6 @@
 """Run by test_many_ranks under torchrun: every rank opens the same shards (no index yet) with its
-DistState; prints, on rank 0, how many indexes each rank built and whether all ranks read the same rows."""
+DistState; prints, on rank 0, how many indexes each rank built, whether all ranks read the same rows, and
+which shards each rank read to find the distinct labels (and what it found)."""
 
 import json
 import sys
@@ -17,8 +18,20 @@ def counting(self):
 
 
 shards.Shard._build_index = counting
+read_labels = []
+original_distinct = shards.Shard.distinct
+
+
+def counting_distinct(self, column):
+    read_labels.append(self.path.name)
+    return original_distinct(self, column)
+
+
+shards.Shard.distinct = counting_distinct
 with distributed("cpu") as ds:
     data = shards.ShardedDataset(sys.argv[1], cache_dir=sys.argv[2], dist=ds)
-    every = gather_objects({"built": built, "rows": len(data), "last": data[len(data) - 1]}, ds)
+    labels = data.distinct("label", ds)
+    every = gather_objects({"built": built, "rows": len(data), "last": data[len(data) - 1], "labels": labels,
+                            "read_labels": read_labels}, ds)
     if ds.is_main:
         print(json.dumps(every), flush=True)

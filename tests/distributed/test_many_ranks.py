@@ -39,15 +39,18 @@ def test_every_rank_resumes_from_rank_0s_choice(tmp_path):
 
 @pytest.mark.slow
 def test_ranks_index_the_shards_in_turns(tmp_path):
-    """9 shards, 3 ranks, no index yet: each rank indexes 3 of them, and every rank reads all 9."""
+    """9 shards, 3 ranks, no index yet: each rank indexes 3 of them, and every rank reads all 9. The labels
+    found without being listed (issue 26): each rank reads its 3 shards for them, every rank gets all."""
     data = tmp_path / "data"
     data.mkdir()
     for k in range(9):
-        (data / f"part-{k}.jsonl").write_text("".join(json.dumps({"id": k * 10 + i}) + "\n" for i in range(10)))
+        (data / f"part-{k}.jsonl").write_text("".join(json.dumps({"id": k * 10 + i, "label": f"c{k}"}) + "\n" for i in range(10)))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
                            "tests/distributed/index_worker.py", str(data), str(tmp_path / "index")],
                           cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     every = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [sorted(r["built"]) for r in every] == [[f"part-{k}.jsonl" for k in range(r, 9, 3)] for r in range(3)]
-    assert all(r["rows"] == 90 and r["last"] == {"id": 89} for r in every)
+    assert all(r["rows"] == 90 and r["last"] == {"id": 89, "label": "c8"} for r in every)
+    assert [sorted(r["read_labels"]) for r in every] == [[f"part-{k}.jsonl" for k in range(r, 9, 3)] for r in range(3)]
+    assert all(r["labels"] == [f"c{k}" for k in range(9)] for r in every)
