@@ -84,10 +84,6 @@ class FaultTolerantTrainer(Trainer):
         super().__init__(replace(cfg, output_dir=str(group_run_dir(shared, self.group))), dist, task)
         self.shared_dir = shared
         self.ckpt = CheckpointManager(shared / "checkpoints", dist, cfg.checkpoint.keep_last)
-        # Counted for the nominal membership: an epoch's steps and the schedule are an R-rank run's. With
-        # fewer live groups a step holds fewer samples, and the scheduler advances only as samples are
-        # trained (_after_ft_step), so the epochs still end at the schedule's end.
-        self._plan_steps(TrainSampler(len(task.train_data), 0, cfg.ft.replica_groups, cfg.seed).per_rank())
         self.data = SeededSamples(task.train_data, cfg.seed)
         self.collate = task.collate_fn or torch.utils.data.default_collate
         self.manager = None
@@ -96,6 +92,13 @@ class FaultTolerantTrainer(Trainer):
         self.quorum = (1, 0)  # (members, this group's place) of the step in flight
         self.record = (self.run_dir / "ft_steps.jsonl").open("a") if cfg.ft.record_steps else None
         self._stop: signal.Signals | None = None
+
+    def _samples_per_rank(self) -> int:
+        """Counted for the nominal membership: an epoch's steps and the schedule are an R-rank run's (the
+        Trainer plans them, and its progress line counts them, from this). With fewer live groups a step
+        holds fewer samples, and the scheduler advances only as samples are trained (_after_ft_step), so
+        the epochs still end at the schedule's end."""
+        return TrainSampler(len(self.task.train_data), 0, self.cfg.ft.replica_groups, self.cfg.seed).per_rank()
 
     # ================================================================== the loop
     def fit(self) -> dict[str, float]:

@@ -76,7 +76,7 @@ class Trainer:
             raise ValueError(f"the training set has {n_train} samples, fewer than the {dist.world_size} ranks")
         self.loader = make_loader(SeededSamples(task.train_data, cfg.seed), self.sampler, tc.batch_size, dist,
                                   workers, task.collate_fn)
-        self._plan_steps(self.sampler.per_rank())
+        self._plan_steps(self._samples_per_rank())
 
         self.val_loader, self.test_loader = (
             make_loader(data, EvalSampler(len(data), dist.rank, dist.world_size), tc.batch_size, dist, workers,
@@ -538,6 +538,10 @@ class Trainer:
             restore_rng(loaded.rng)
         self.logger.resumed_at(self.step)
         self.logger.info(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _samples_per_rank(self) -> int:
+        """Samples each rank draws in a whole epoch: what the steps and the schedule are counted from."""
+        return self.sampler.per_rank()
 
     def _plan_steps(self, per_rank: int) -> None:
         """Steps per epoch and in all when each rank draws `per_rank` samples an epoch, and the schedule."""

@@ -18,6 +18,7 @@ the step, whether the step committed), and the proofs read those records:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,9 +136,17 @@ def test_a_fixed_membership_is_the_ddp_run_and_every_group_lost_resumes_from_dis
     (no restarts left), the same command loads step 10 in every group before the first quorum, and the
     run ends bitwise where the 2-rank ddp run (unbroken) ends."""
     out = tmp_path / "ft"
-    first = ft_launch(2, out, "fault_injection.crash_after_step=15", "ft.max_restarts=0", check=False)
+    first = ft_launch(2, out, "fault_injection.crash_after_step=15", "ft.max_restarts=0", "logging.progress=bar",
+                      check=False)
     assert first.returncode == 1, first.stderr[-3000:]
     assert final_checkpoint(out).name == "step_00000010"
+    # Each group (1 rank) plans the 2-group run's steps, and its progress bar counts them, not a 1-rank
+    # run's twice as many.
+    total = int(final_checkpoint(ddp_reference).name.split("_")[1])
+    said = first.stdout + first.stderr
+    assert f"1 rank(s) on cpu, {total} steps (" in said
+    bars = re.findall(r"step \d+/(\d+) \[", said)
+    assert bars and set(bars) == {str(total)}, set(bars)
     ft_launch(2, out)  # the same command, without the fault
     assert_bitwise_equal(load_pt(final_checkpoint(out) / "model.pt"), load_pt(final_checkpoint(ddp_reference) / "model.pt"))
     mine = [r for g in range(2) for r in records(out, g)]
