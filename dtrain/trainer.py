@@ -21,9 +21,9 @@ from dtrain.data import (
     EvalSampler,
     SeededSamples,
     TrainSampler,
-    length_groups,
     accumulation_windows,
     batch_len,
+    length_groups,
     make_loader,
     micro_batch_sizes,
     move_to,
@@ -54,10 +54,9 @@ class Trainer:
         self.device = dist.device
 
         n_train = len(task.train_data)
-        self.block_order = getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE
+        block_order = getattr(task.train_data, "block_order", False) or n_train > BLOCK_ORDER_ABOVE
         # The training order's arguments (checked before the model is built: a bad setting fails in seconds).
-        self.order = dict(block_order=self.block_order, **length_groups(task.train_data, tc.group_by_length,
-                                                                        self.block_order))
+        self.order = dict(block_order=block_order, **length_groups(task.train_data, tc.group_by_length, block_order))
         self.precision = Precision(tc.precision, self.device)
         # The strategy (ddp, fsdp, deepspeed) builds the model where it belongs (sharded ones never whole
         # on a GPU), compiles and wraps it, and makes the optimizer. `self.model` is what evaluation and

@@ -48,10 +48,15 @@ PUBLISHED = {  # set -> (model, test accuracy % or in-scope accuracy %, oos reca
 }
 
 
-def best_val(run_dir: Path) -> dict:
+def evals(run_dir: Path) -> list[dict]:
+    """The run's evaluation records (metrics.jsonl), in order."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    evals = [r for r in rows if r.get("kind") == "eval"]
-    return max(evals, key=lambda r: r["accuracy"]) if evals else {}
+    return [r for r in rows if r.get("kind") == "eval"]
+
+
+def best_val(run_dir: Path) -> dict:
+    found = evals(run_dir)
+    return max(found, key=lambda r: r["accuracy"]) if found else {}
 
 
 def cpu_name() -> str:
@@ -84,21 +89,21 @@ def train(data: str, overrides: list[str], run_dir: Path, epochs: int) -> None:
 
 def curve(run_dir: Path) -> list[float]:
     """Validation accuracy (%) at each evaluation (the end of each epoch), in order."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [100 * r["accuracy"] for r in rows if r.get("kind") == "eval"]
+    return [100 * r["accuracy"] for r in evals(run_dir)]
 
 
 def stopped(accs: list[float], patience: int | None) -> tuple[float, int, int]:
     """(best accuracy, its epoch, the epoch the run ends at) under early stopping with `patience` (None: off),
-    as dtrain.early_stopping decides it: a run without early stopping trains the same steps up to any point,
-    so its curve says where each patience would have stopped it and what it would have kept."""
-    best, best_at, bad = -1.0, 0, 0
+    decided by dtrain's own EarlyStopping: a run without early stopping trains the same steps up to any
+    point, so its curve says where each patience would have stopped it and what it would have kept."""
+    from dtrain.early_stopping import EarlyStopping
+
+    rule = EarlyStopping("accuracy" if patience is not None else None, "max", patience or 1)
+    best, best_at = -1.0, 0
     for epoch, acc in enumerate(accs, 1):
         if acc > best:
-            best, best_at, bad = acc, epoch, 0
-        else:
-            bad += 1
-        if patience is not None and bad >= patience:
+            best, best_at = acc, epoch
+        if rule.update({"accuracy": acc}):
             return best, best_at, epoch
     return best, best_at, len(accs)
 
@@ -118,7 +123,8 @@ def schedule_table(runs: dict[tuple[float, int], dict[str, Path]], sets: list[st
     chosen candidate at that peak learning rate over that many epochs (linear decay over them) without early
     stopping. Returns the table and the chosen (lr, epochs) (smallest worst-set regret of best validation
     accuracy; ties: fewer epochs)."""
-    acc = {k: {s: stopped(curve(d), None)[0] for s, d in per.items()} for k, per in runs.items()}
+    curves = {k: {s: curve(d) for s, d in per.items()} for k, per in runs.items()}
+    acc = {k: {s: max(c) for s, c in per.items()} for k, per in curves.items()}
     best = {s: max(acc[k][s] for k in acc) for s in sets}
     regret = {k: max(best[s] - acc[k][s] for s in sets) for k in acc}
     chosen = min(acc, key=lambda k: (round(regret[k], 6), k[1]))
@@ -128,15 +134,15 @@ def schedule_table(runs: dict[tuple[float, int], dict[str, Path]], sets: list[st
     for k in sorted(runs, key=lambda k: (-k[0], k[1])):
         cells = []
         for s in sets:
-            stops = [stopped(curve(runs[k][s]), p) for p in (2, 3, 4)]
+            stops = [stopped(curves[k][s], p) for p in (2, 3, 4)]
             cells.append(" / ".join(f"{end}, {kept:.2f}" for kept, _, end in stops))
         times = []
         for s in sets:
             f = runs[k][s] / "time_s.txt"
             f = f if f.is_file() else runs[k][s] / "sweep_time_s.txt"
             times.append(f"{s} {int(f.read_text()) / 60:.1f}" if f.is_file() else f"{s} ?")
-        lines.append(f"| {lr_text(k[0])} | {k[1]} | " + " | ".join(f"{acc[k][s]:.2f} ({stopped(curve(runs[k][s]), None)[1]})"
-                                                          for s in sets)
+        lines.append(f"| {lr_text(k[0])} | {k[1]} | " + " | ".join(f"{acc[k][s]:.2f} ({stopped(curves[k][s], None)[1]})"
+                                                                    for s in sets)
                      + f" | {regret[k]:.2f} | " + " | ".join(cells) + f" | {', '.join(times)} |")
     return lines, chosen
 

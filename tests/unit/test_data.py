@@ -11,11 +11,11 @@ from dtrain.data import (
 )
 
 
-def epoch(num, world, seed=0, ep=0):
+def epoch(num, world, seed=0, ep=0, start=0, **order):
     out = []
     for r in range(world):
-        s = TrainSampler(num, r, world, seed)
-        s.set_epoch(ep)
+        s = TrainSampler(num, r, world, seed, **order)
+        s.set_epoch(ep, start=start)
         out.append(list(s))
     return out
 
@@ -67,13 +67,8 @@ def test_resume_on_another_world_size_neither_repeats_nor_skips(before, after, p
     assert len(set(seen)) == len(seen) and n - len(seen) < after  # no repeats; only the tail left out
 
 
-def grouped(num, world, lengths, window, ep=0, start=0):
-    out = []
-    for r in range(world):
-        s = TrainSampler(num, r, world, 0, lengths=lengths, group_by_length=window)
-        s.set_epoch(ep, start=start)
-        out.append(list(s))
-    return out
+def grouped(num, world, lengths, window, start=0):
+    return epoch(num, world, start=start, lengths=lengths, group_by_length=window)
 
 
 def test_length_grouping_sorts_within_windows_and_keeps_each_step_at_any_world_size():
