@@ -96,6 +96,28 @@ def test_length_grouping_sorts_within_windows_and_keeps_each_step_at_any_world_s
     assert sorted(i for r in resumed for i in r) == sorted(one[96:96 + 3 * len(resumed[0])])
 
 
+@pytest.mark.parametrize("window", [0, 8])
+def test_head_is_the_start_of_iter_for_one_sampler_reused_across_quorums(window):
+    """The fault-tolerant trainer draws each step with head() from one sampler whose rank and world change
+    with the quorum: it must be what a fresh sampler's iter would begin with, and keep one order per epoch."""
+    import itertools
+
+    n = 101
+    lengths = torch.randint(1, 50, (n,), generator=torch.Generator().manual_seed(2))
+    reused = TrainSampler(n, 0, 1, 3, keyed=True, lengths=lengths, group_by_length=window)
+    for epoch in (0, 1):
+        for world in (1, 2, 3, 4):
+            for rank in range(world):
+                for start in (0, 5, n - 3, n):
+                    fresh = TrainSampler(n, rank, world, 3, keyed=True, lengths=lengths, group_by_length=window)
+                    fresh.set_epoch(epoch, start=start)
+                    reused.rank, reused.world_size = rank, world
+                    reused.set_epoch(epoch, start=start)
+                    for k in (1, 4, 100):
+                        assert reused.head(k) == list(itertools.islice(iter(fresh), k))
+        assert reused._order[0] == epoch  # kept for the epoch, not rebuilt per step
+
+
 def test_length_grouping_refuses_data_without_lengths_and_sharded_data():
     class Plain(torch.utils.data.Dataset):
         def __len__(self):
