@@ -21,9 +21,11 @@ from recipes.ticket_router.data import (
     split_record,
 )
 from recipes.ticket_router.metrics import confidence_counts, confusion, report
-from recipes.ticket_router.model import POOLINGS, load_model, skeleton_model, transformer_layers
+from recipes.ticket_router.probe import ProbedModel
+from recipes.ticket_router.model import POOLINGS, load_model, routes_labels, skeleton_model, transformer_layers
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
+HEAD_INITS = ("probe", "random")
 
 
 @dataclass(kw_only=True)
@@ -75,6 +77,10 @@ class Config:
     """How a ticket becomes one vector for the head: mean (the average of the encoder's token states, what
     sentence encoders such as the shipped MiniLM were trained for) or cls (the [CLS] token through the
     checkpoint's pooler, Hugging Face's sequence classifier). Chosen across data sets: SWEEP.md."""
+    head_init: str = "probe"
+    """Where the fresh head starts: probe (a logistic regression fitted on the pretrained encoder's frozen
+    features of the training tickets, then everything fine-tuned: probe.py) or random. A model directory
+    that already routes these labels keeps its own head either way. Chosen across data sets: SWEEP.md."""
 
     def check(self) -> list[str]:
         bad = []
@@ -84,6 +90,8 @@ class Config:
             bad.append(f"task.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if self.pooling not in POOLINGS:
             bad.append(f"task.pooling: must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.head_init not in HEAD_INITS:
+            bad.append(f"task.head_init: must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}")
         if self.head_lr_scale <= 0:
             bad.append(f"task.head_lr_scale: must be > 0, got {self.head_lr_scale}")
         if self.max_length < 8:
@@ -302,6 +310,10 @@ def make_task(cfg: Config, ctx: BuildContext, model_dir: Path, tokenizer, names:
     oos = names.index(cfg.out_of_scope) if cfg.out_of_scope is not None else None
     domains = load_domains(cfg, names)
     abstain = cfg.abstain
+    collate = PadCollate(tokenizer.pad_token_id)
+    model = lambda: load_model(model_dir, names, cfg.pooling)  # noqa: E731
+    if cfg.head_init == "probe" and not routes_labels(model_dir, names):
+        model = ProbedModel(model, train, collate, k, cfg.label_smoothing, ctx.dist.device, announce=ctx.dist.is_main)
 
     def forward(model, batch):
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -324,7 +336,7 @@ def make_task(cfg: Config, ctx: BuildContext, model_dir: Path, tokenizer, names:
                 "review_share": t["review_share"], "abstain": result}
 
     return Task(
-        model=lambda: load_model(model_dir, names, cfg.pooling),
+        model=model,
         model_skeleton=lambda: skeleton_model(model_dir, names, cfg.pooling),
         train_data=train,
         val_data=val,
@@ -336,7 +348,7 @@ def make_task(cfg: Config, ctx: BuildContext, model_dir: Path, tokenizer, names:
         summarize=lambda sums: report(sums["confusion"], names, oos, domains),
         calibrate=calibrate if abstain is not None else None,
         lr_scale=lambda name: cfg.head_lr_scale if "classifier" in name.split(".") else 1.0,
-        collate_fn=PadCollate(tokenizer.pad_token_id),
+        collate_fn=collate,
         count_tokens=lambda batch: batch["attention_mask"].sum(),
         shard_units=transformer_layers,  # strategy fsdp: each transformer layer is one unit
         extras={"labels": names, "tokenizer": tokenizer, "model_dir": model_dir},

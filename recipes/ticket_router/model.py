@@ -104,6 +104,16 @@ def load_model(path: Path, names: list[str], pooling: str = "mean"):
     return MeanPooledClassifier(encoder, len(names))
 
 
+def routes_labels(path: Path, names: list[str]) -> bool:
+    """True when the model directory at `path` is already a classifier for exactly these labels (one this
+    recipe exported, say): its head is trained, not fresh."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    id2label = json.loads(config.read_text()).get("id2label") or {}
+    return [id2label.get(str(i)) for i in range(len(id2label))] == list(names)
+
+
 def skeleton_model(path: Path, names: list[str], pooling: str = "mean"):
     """The architecture of `load_model` without its weights (ranks that receive a shard of rank 0's)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
