@@ -224,8 +224,8 @@ HEAD_INIT_FINDINGS = (
     "collection): the gap between them is where a head that does not bend the pretrained features first pays, "
     "which is the gain Kumar et al. 2022 report for linear probe, then fine-tune. The probe costs one forward "
     "pass over the training tickets: 54 s of CLINC150's 26.3 min, 14 s of HWU64's 14.1, on these CPU ranks. "
-    "Not swept with it: the head's learning rate scale (x10, chosen for a random head; a probed head may need "
-    "less) and the probe's L2 penalty (1e-4).")
+    "The head's learning-rate scale stays x10 (chosen for a random head): one HWU64 run of the probe with x1 "
+    "reached 93.80 on validation (epoch 7) and 92.66 on test, no better. Not swept: the probe's L2 penalty (1e-4).")
 
 
 def main() -> None:
