@@ -91,7 +91,6 @@ class FaultTolerantTrainer(Trainer):
         self.quorum = (1, 0)  # (members, this group's place) of the step in flight
         self.record = (self.run_dir / "ft_steps.jsonl").open("a") if cfg.ft.record_steps else None
         self._stop: signal.Signals | None = None
-        self._sampler: TrainSampler | None = None  # made at the first step (_my_samples)
 
     def _samples_per_rank(self) -> int:
         """Counted for the nominal membership: an epoch's steps and the schedule are an R-rank run's (the
@@ -192,12 +191,11 @@ class FaultTolerantTrainer(Trainer):
     def _my_samples(self, members: int, place: int) -> list[tuple[int, int]]:
         """This member's keys (index, epoch) of the next step: positions sample_in_epoch + place + j * members
         of the epoch's order (TrainSampler's striding over `members` ranks). At an epoch's end (less than
-        one sample per member left: the tail rule) the next epoch begins, in the same quorum. One sampler
-        for the run: it keeps the epoch's order, so a step does not redo the permutation (and sort)."""
+        one sample per member left: the tail rule) the next epoch begins, in the same quorum. The Trainer's
+        sampler serves every step, its rank and world set to the quorum: it keeps the epoch's order, so a
+        step does not redo the permutation (and sort) of the whole data set. (Its DataLoader is not used here.)"""
         tc = self.cfg.train
-        if self._sampler is None:
-            self._sampler = TrainSampler(len(self.data), place, members, self.cfg.seed, keyed=True, **self.order)
-        sampler = self._sampler
+        sampler = self.sampler
         sampler.rank, sampler.world_size = place, members
         for _ in range(2):
             sampler.set_epoch(self.epoch, start=self.sample_in_epoch)

@@ -21,8 +21,8 @@ from recipes.ticket_router.data import (
     split_record,
 )
 from recipes.ticket_router.metrics import confidence_counts, confusion, report
-from recipes.ticket_router.probe import ProbedModel
 from recipes.ticket_router.model import POOLINGS, load_model, routes_labels, skeleton_model, transformer_layers
+from recipes.ticket_router.probe import ProbedModel
 
 BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
 HEAD_INITS = ("probe", "random")

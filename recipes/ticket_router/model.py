@@ -72,9 +72,14 @@ def _without_pooler(make, *args, **kwargs):
         return make(*args, **kwargs)
 
 
-def _is_mean_pooled_dir(path: Path) -> bool:
+def _saved_config(path: Path) -> dict:
+    """The model directory's config.json ({} without one)."""
     config = path / "config.json"
-    return config.is_file() and bool(json.loads(config.read_text()).get(MEAN_POOLED))
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def _is_mean_pooled_dir(path: Path) -> bool:
+    return bool(_saved_config(path).get(MEAN_POOLED))
 
 
 def load_model(path: Path, names: list[str], pooling: str = "mean"):
@@ -107,10 +112,7 @@ def load_model(path: Path, names: list[str], pooling: str = "mean"):
 def routes_labels(path: Path, names: list[str]) -> bool:
     """True when the model directory at `path` is already a classifier for exactly these labels (one this
     recipe exported, say): its head is trained, not fresh."""
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    id2label = json.loads(config.read_text()).get("id2label") or {}
+    id2label = _saved_config(path).get("id2label") or {}
     return [id2label.get(str(i)) for i in range(len(id2label))] == list(names)
 
 

@@ -112,17 +112,27 @@ def lr_text(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-")
 
 
-def run_lr(run_dir: Path) -> float:
+def run_config(run_dir: Path) -> dict:
+    """The config a run wrote (config.yaml: every key, defaults included)."""
     import yaml
 
-    return float(yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"])
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def run_lr(run_dir: Path) -> float:
+    return float(run_config(run_dir)["optim"]["lr"])
 
 
 def run_head_init(run_dir: Path) -> str:
     """A run's task.head_init; runs from before the key existed started from a random head."""
-    import yaml
+    return (run_config(run_dir)["task"] or {}).get("head_init", "random")
 
-    return (yaml.safe_load((run_dir / "config.yaml").read_text())["task"] or {}).get("head_init", "random")
+
+def minutes(run_dir: Path, data: str) -> str:
+    """`data` and the run's wall time in minutes (time_s.txt, or the sweep's own sweep_time_s.txt)."""
+    f = run_dir / "time_s.txt"
+    f = f if f.is_file() else run_dir / "sweep_time_s.txt"
+    return f"{data} {int(f.read_text()) / 60:.1f}" if f.is_file() else f"{data} ?"
 
 
 def schedule_table(runs: dict[tuple[float, int], dict[str, Path]], sets: list[str]) -> tuple[list[str], tuple[float, int]]:
@@ -143,11 +153,7 @@ def schedule_table(runs: dict[tuple[float, int], dict[str, Path]], sets: list[st
         for s in sets:
             stops = [stopped(curves[k][s], p) for p in (2, 3, 4)]
             cells.append(" / ".join(f"{end}, {kept:.2f}" for kept, _, end in stops))
-        times = []
-        for s in sets:
-            f = runs[k][s] / "time_s.txt"
-            f = f if f.is_file() else runs[k][s] / "sweep_time_s.txt"
-            times.append(f"{s} {int(f.read_text()) / 60:.1f}" if f.is_file() else f"{s} ?")
+        times = [minutes(runs[k][s], s) for s in sets]
         lines.append(f"| {lr_text(k[0])} | {k[1]} | " + " | ".join(f"{acc[k][s]:.2f} ({stopped(curves[k][s], None)[1]})"
                                                                     for s in sets)
                      + f" | {regret[k]:.2f} | " + " | ".join(cells) + f" | {', '.join(times)} |")
@@ -163,31 +169,27 @@ def head_init_table(runs: dict[str, dict[str, Path]], sets: list[str]) -> tuple[
              + " | ".join(f"{s} test %" for s in sets) + " | minutes |",
              "| --- | " + " | ".join("---" for _ in sets) + " | --- | " + " | ".join("---:" for _ in sets) + " | --- |"]
     for k, per in runs.items():
-        cells, tests, times = [], [], []
+        cells, tests = [], []
         for s in sets:
             c = curves[k][s]
             cells.append(" ".join(f"{a:.2f}" for a in c) + f" (**{max(c):.2f}**, epoch {stopped(c, None)[1]})")
             r = json.loads((per[s] / "test_report.json").read_text())
             tests.append(f"{100 * r['accuracy']:.2f}" + (f" (in-scope {100 * r['in_scope_accuracy']:.2f}, oos recall "
                                                          f"{100 * r['oos_recall']:.1f})" if r.get("oos_recall") is not None else ""))
-            f = per[s] / "time_s.txt"
-            times.append(f"{s} {int(f.read_text()) / 60:.1f}" if f.is_file() else f"{s} ?")
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {regret[k]:.2f} | " + " | ".join(tests) + f" | {', '.join(times)} |")
+        times = ", ".join(minutes(per[s], s) for s in sets)
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {regret[k]:.2f} | " + " | ".join(tests) + f" | {times} |")
     return lines, chosen
 
 
 def seed_table(run_dirs: list[Path]) -> list[str]:
     """Whole runs that differ from the table above in their seed: best validation accuracy and test accuracy
     per (set, head_init, seed), the seed and head_init read from each run's config.yaml."""
-    import yaml
-
     lines = ["| set | task.head_init | seed | best val % (epoch) | test % |", "| --- | --- | ---: | ---: | ---: |"]
     rows = []
     for d in run_dirs:
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
         c = curve(d)
         test = json.loads((d / "test_report.json").read_text())["accuracy"]
-        rows.append((d.name, run_head_init(d), cfg["seed"], f"{max(c):.2f} ({stopped(c, None)[1]})", f"{100 * test:.2f}"))
+        rows.append((d.name, run_head_init(d), run_config(d)["seed"], f"{max(c):.2f} ({stopped(c, None)[1]})", f"{100 * test:.2f}"))
     lines += [f"| {a} | {b} | {c} | {v} | {t} |" for a, b, c, v, t in sorted(rows)]
     return lines
 
